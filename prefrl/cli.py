@@ -1,0 +1,188 @@
+"""The ``prefrl`` command line: tasks, train, compare, demo.
+
+Every bad input ends with a one-line ``prefrl: error: ...`` naming the bad value and the
+fix, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from prefrl.errors import PrefrlError
+
+#: The demo: a short run of both arms on a task PPO solves in minutes on a laptop CPU.
+DEMO_TASK = "invertedpendulum"
+DEMO_OVERRIDES = (
+    "ppo.total_steps=40000",
+    "labels.budget=200",
+    "labels.initial_labels=50",
+    "labels.rate_constant=20000",
+    "eval.every_steps=5000",
+    "eval.episodes=5",
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive whole number")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= 0") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give a whole number >= 0")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="prefrl", description="Deep RL from preferences: learned reward vs true reward.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser("tasks", help="list the suite presets in envs/")
+
+    train = sub.add_parser("train", help="train one run (learned or true reward)")
+    train.add_argument("task", help="preset name (e.g. hopper, pong) or path to a preset .toml")
+    train.add_argument("--reward", choices=("learned", "true"), default="learned",
+                       help="learned: PPO on the reward model; true: PPO on the true reward")
+    train.add_argument("--teacher", choices=("synthetic",), default="synthetic", help="who answers the queries")
+    train.add_argument("--labels", type=_positive_int, help="label budget (overrides labels.budget)")
+    train.add_argument("--steps", type=_positive_int, help="env steps (overrides ppo.total_steps)")
+    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--run-dir", type=Path, help="default runs/<task>__<arm>__<seed>__<time>")
+    train.add_argument("--clips-dir", type=Path, help="clip pairs and label database (default clips/<run name>)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a preset setting, e.g. --set ppo.n_envs=4 (repeatable)")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    compare = sub.add_parser("compare", help="compare runs: comparison.png, comparison.md and a table")
+    compare.add_argument("run_dirs", nargs="+", type=Path, help="run directories or folders holding them")
+    compare.add_argument("--out", type=Path, help="output folder (default: the first argument)")
+
+    demo = sub.add_parser("demo", help="short learned-vs-true run on the default task (what `make demo` runs)")
+    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder of the demo's runs")
+    return parser
+
+
+def _label_overrides(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    if args.labels is not None:
+        overrides.append(f"labels.budget={args.labels}")
+    if args.steps is not None:
+        overrides.append(f"ppo.total_steps={args.steps}")
+    return overrides
+
+
+def cmd_tasks() -> int:
+    from prefrl.presets import available_tasks, load_preset
+
+    for name in available_tasks():
+        preset = load_preset(name)
+        marker = " [test preset]" if preset.task.for_tests else ""
+        print(f"{name:<24} {preset.task.env_id:<28} {preset.task.description}{marker}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from prefrl.presets import load_preset
+    from prefrl.training import RunPaths, default_paths, train
+
+    preset = load_preset(args.task, _label_overrides(args))
+    arm = args.reward
+    paths = default_paths(preset.task.name, arm, args.seed)
+    if args.run_dir is not None:
+        paths = RunPaths(run_dir=args.run_dir, clips_dir=args.clips_dir or args.run_dir / "clips")
+    elif args.clips_dir is not None:
+        paths = RunPaths(run_dir=paths.run_dir, clips_dir=args.clips_dir)
+    summary = train(preset, arm=arm, seed=args.seed, paths=paths, teacher_kind=args.teacher,
+                    progress=not args.no_progress)
+    print(f"run finished: {paths.run_dir}  final true return {summary['final_true_return']:.1f}  "
+          f"labels {summary['labels_used']}  {summary['wall_seconds']:.0f} s")
+    return 0
+
+
+def print_table(rows) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Learned reward vs true reward (true evaluation return)")
+    for col in ("task", "arm", "seeds", "env steps", "final true return", "learned / true", "labels", "wall s"):
+        table.add_column(col, justify="left" if col in ("task", "arm") else "right")
+    for r in rows:
+        arm = "true reward" if r.arm == "true" else f"learned ({r.label_budget})"
+        table.add_row(r.task, arm, str(r.seeds), f"{r.env_steps:,}", f"{r.mean_return:.1f} ± {r.std_return:.1f}",
+                      "" if r.ratio is None else f"{r.ratio:.2f}", f"{r.labels_used:.0f}", f"{r.wall_seconds:.0f}")
+    Console().print(table)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from prefrl.report import compare
+
+    out = args.out or args.run_dirs[0]
+    rows, _ = compare(args.run_dirs, out)
+    print_table(rows)
+    print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prefrl.presets import load_preset
+    from prefrl.report import compare
+    from prefrl.training import RunPaths, run_name, train
+
+    preset = load_preset(DEMO_TASK, list(DEMO_OVERRIDES))
+    out: Path = args.out / time.strftime("%Y%m%d-%H%M%S")
+    print(f"prefrl demo: {DEMO_TASK}, {preset.ppo.total_steps:,} PPO steps per arm, "
+          f"{preset.labels.budget} synthetic labels; runs in {out}")
+    for arm in ("true", "learned"):
+        name = run_name(DEMO_TASK, arm, args.seed)
+        print(f"\n== {arm} reward arm ==")
+        train(preset, arm=arm, seed=args.seed, paths=RunPaths(out / name, out / name / "clips"))
+    rows, _ = compare([out], out)
+    print()
+    print_table(rows)
+    print(f"wrote {out / 'comparison.md'} and {out / 'comparison.png'}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "tasks":
+            return cmd_tasks()
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "compare":
+            return cmd_compare(args)
+        if args.command == "demo":
+            return cmd_demo(args)
+    except PrefrlError as exc:
+        print(f"prefrl: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("prefrl: interrupted", file=sys.stderr)
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

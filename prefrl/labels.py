@@ -1,0 +1,42 @@
+"""Preferences (answers about clip pairs), the label schedule and the label store."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from prefrl.segments import ClipPair
+
+
+class Choice(str, enum.Enum):
+    """An answer about a clip pair."""
+
+    LEFT = "left"
+    RIGHT = "right"
+    TIE = "tie"
+    CANT_TELL = "cant_tell"
+
+    @property
+    def target(self) -> float | None:
+        """Probability that the left clip is better; ``None`` = not trained on."""
+        return {"left": 1.0, "right": 0.0, "tie": 0.5, "cant_tell": None}[self.value]
+
+
+@dataclass(frozen=True)
+class Preference:
+    """A labeller's answer about one clip pair.
+
+    :param pair: the two clips
+    :param choice: left / right better, tie, or can't tell
+    :param labeller: who answered, e.g. ``synthetic`` or a person's name
+    :param step: global env step at which the answer reached the trainer
+    """
+
+    pair: ClipPair
+    choice: Choice
+    labeller: str = "synthetic"
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.choice, Choice):
+            raise ValueError(f"Preference.choice must be a Choice, got {self.choice!r}")

@@ -1,0 +1,470 @@
+"""Task presets: typed settings read from ``envs/<task>.toml``.
+
+A preset holds everything that defines one suite task and how it is trained: the
+environment and its wrappers, PPO, the reward model, the label schedule, the synthetic
+teacher and the evaluation. Each section is a frozen dataclass; a TOML file sets any
+subset of the fields, the rest take the domain's defaults (the paper's values, see
+``../shared/design.md``). ``--set section.key=value`` overrides any field with type
+checking, so a typo is an error and never a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from prefrl.errors import PrefrlError
+
+#: Folder of the suite's preset files (repository top level).
+PRESET_DIR = Path(__file__).resolve().parent.parent / "envs"
+
+DOMAINS = ("mujoco", "atari", "classic")
+QUERY_SELECTIONS = ("uniform", "disagreement", "entropy")
+REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
+VEC_ENVS = ("dummy", "subproc")
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """The environment, its wrapper chain and the clip geometry.
+
+    :param name: preset name, e.g. ``hopper`` (defaults to the file stem)
+    :param description: one line shown by ``prefrl tasks``
+    :param env_id: the underlying Gymnasium id, e.g. ``Hopper-v5`` or ``ALE/Pong-v5``
+    :param domain: ``mujoco``, ``atari`` or ``classic``
+    :param horizon: fixed length of a training episode in agent steps; early termination
+        is removed because variable episode length leaks reward
+    :param clip_length: agent steps per segment shown to the teacher (must be <= horizon)
+    :param termination_penalty: what the synthetic teacher subtracts for each step spent
+        after the underlying task would have terminated (fallen over, game over)
+    :param mask_regions: Atari only: ``[top, bottom, left, right]`` rectangles of the raw
+        210x160 frame blacked out (score and other counters) before preprocessing
+    :param frame_skip: Atari frame skip (max-pooled over the last two frames)
+    :param noop_max: Atari: at most this many no-op actions after reset
+    :param screen_size: Atari: side of the square grayscale observation
+    :param frame_stack: Atari: number of stacked frames
+    :param fire_reset: Atari: press FIRE after reset for games that need it to start
+    :param for_tests: a small preset for fast tests, not part of the benchmark suite
+    """
+
+    name: str = ""
+    description: str = ""
+    env_id: str = ""
+    domain: str = "mujoco"
+    horizon: int = 1000
+    clip_length: int = 50
+    termination_penalty: float = 0.0
+    mask_regions: tuple[tuple[int, int, int, int], ...] = ()
+    frame_skip: int = 4
+    noop_max: int = 30
+    screen_size: int = 84
+    frame_stack: int = 4
+    fire_reset: bool = False
+    for_tests: bool = False
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    """Stable-Baselines3 PPO, identical for the learned and the true-reward arm.
+
+    :param total_steps: environment (agent) steps of one run
+    :param policy: SB3 policy name (``MlpPolicy`` or ``CnnPolicy``)
+    :param n_envs: parallel environments
+    :param vec_env: ``dummy`` (in process) or ``subproc``
+    :param normalize_observations: wrap in ``VecNormalize`` for observations
+    :param normalize_rewards: let ``VecNormalize`` scale the reward the agent sees
+    :param clip_true_reward: clip the true reward to [-1, 1] in the true arm (Atari)
+    :param torch_threads: torch CPU threads of the run (0 = torch's default); small MLPs
+        run fastest on one thread
+    """
+
+    total_steps: int = 1_000_000
+    policy: str = "MlpPolicy"
+    n_envs: int = 1
+    vec_env: str = "dummy"
+    n_steps: int = 2048
+    batch_size: int = 64
+    n_epochs: int = 10
+    learning_rate: float = 3e-4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    clip_range: float = 0.2
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+    max_grad_norm: float = 0.5
+    net_arch: tuple[int, ...] = (64, 64)
+    normalize_observations: bool = True
+    normalize_rewards: bool = False
+    clip_true_reward: bool = False
+    torch_threads: int = 1
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """The reward-predictor ensemble and how it is fitted.
+
+    :param architecture: ``mlp`` on (observation, action) or the paper's ``atari_cnn``
+    :param ensemble_size: members, each trained on its own bootstrap resample
+    :param hidden_sizes: MLP hidden layers
+    :param use_actions: feed the action to the MLP beside the observation
+    :param output_std: each member's output is normalised to mean 0 and this std
+    :param learning_rate: Adam step size
+    :param batch_size: clip pairs per minibatch
+    :param epochs_per_update: passes over the labels each time new labels arrived
+    :param initial_l2: starting L2 strength, adapted so that validation loss stays
+        between ``l2_ratio_low`` and ``l2_ratio_high`` times the training loss
+    :param validation_fraction: share of labels held out to tune L2 (1/e in the paper)
+    :param random_answer_prob: assumed chance that the labeller answered at random
+    :param label_buffer_size: train on the newest this many labels (0 = all)
+    :param batch_norm: CNN only: batch normalisation after each conv
+    :param dropout: CNN only: dropout probability
+    :param frames_per_clip: frames of each clip used by the loss per minibatch (0 = all)
+    """
+
+    architecture: str = "mlp"
+    ensemble_size: int = 3
+    hidden_sizes: tuple[int, ...] = (64, 64)
+    use_actions: bool = True
+    output_std: float = 1.0
+    learning_rate: float = 3e-4
+    batch_size: int = 64
+    epochs_per_update: int = 10
+    initial_l2: float = 0.001
+    validation_fraction: float = 1.0 / math.e
+    l2_ratio_low: float = 1.1
+    l2_ratio_high: float = 1.5
+    random_answer_prob: float = 0.1
+    label_buffer_size: int = 0
+    batch_norm: bool = True
+    dropout: float = 0.5
+    frames_per_clip: int = 0
+
+
+@dataclass(frozen=True)
+class LabelSettings:
+    """The label schedule and the choice of queries.
+
+    :param budget: labels for the whole run
+    :param initial_labels: labels collected from the random policy before RL starts
+    :param rate_constant: ``c`` in the label rate ``c / (T + c)`` over env steps ``T``
+    :param pretrain_epochs: reward-model epochs on the initial labels before RL starts
+    :param query_selection: ``uniform``, ``disagreement`` (ensemble variance of the
+        predicted preference) or ``entropy`` (of the mean predicted preference)
+    :param oversample: candidate pairs drawn per query asked
+    :param segment_buffer_size: most recent segments kept to draw queries from
+    """
+
+    budget: int = 700
+    initial_labels: int = 175
+    rate_constant: float = 2e6
+    pretrain_epochs: int = 200
+    query_selection: str = "disagreement"
+    oversample: int = 10
+    segment_buffer_size: int = 1000
+
+
+@dataclass(frozen=True)
+class TeacherSettings:
+    """The synthetic teacher (B-Pref); the defaults are a perfectly rational oracle.
+
+    Returns are divided by the running standard deviation of the segment returns the
+    teacher has seen before ``beta`` and the thresholds apply, so that the same
+    settings mean the same irrationality on every task.
+
+    :param beta: Boltzmann rationality; ``inf`` = always the larger return
+    :param mistake_prob: probability of flipping the answer
+    :param skip_threshold: "can't tell" when both normalised returns are below this
+    :param equal_threshold: "tie" when normalised returns differ by less than this
+    :param gamma: myopia: step ``t`` of an ``H``-step clip weighs ``gamma**(H-1-t)``
+    """
+
+    beta: float = math.inf
+    mistake_prob: float = 0.0
+    skip_threshold: float = -math.inf
+    equal_threshold: float = 0.0
+    gamma: float = 1.0
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """Evaluation on the true return under the task's real rules.
+
+    :param every_steps: evaluate every this many env steps (and at the end)
+    :param episodes: evaluation episodes each time
+    :param max_episode_steps: cap on an evaluation episode (0 = the env's own limit)
+    :param deterministic: evaluate the policy's most likely action instead of sampling
+    """
+
+    every_steps: int = 50_000
+    episodes: int = 5
+    max_episode_steps: int = 0
+    deterministic: bool = True
+
+
+@dataclass(frozen=True)
+class Preset:
+    """One suite task: every setting of a run except arm, seed and paths."""
+
+    task: TaskSettings
+    ppo: PPOSettings = field(default_factory=PPOSettings)
+    reward: RewardSettings = field(default_factory=RewardSettings)
+    labels: LabelSettings = field(default_factory=LabelSettings)
+    teacher: TeacherSettings = field(default_factory=TeacherSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (tuples as lists), e.g. for ``config.json``."""
+        return _jsonable(dataclasses.asdict(self))
+
+
+SECTIONS: dict[str, type] = {
+    "task": TaskSettings,
+    "ppo": PPOSettings,
+    "reward": RewardSettings,
+    "labels": LabelSettings,
+    "teacher": TeacherSettings,
+    "eval": EvalSettings,
+}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def _coerce(where: str, annotation: Any, value: Any) -> Any:
+    """Check ``value`` against a field's type annotation and convert it."""
+    origin = typing.get_origin(annotation)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value.lower() in ("inf", "+inf", "-inf"):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        args = typing.get_args(annotation)
+        if isinstance(value, (list, tuple)):
+            if len(args) == 2 and args[1] is Ellipsis:
+                return tuple(_coerce(where, args[0], v) for v in value)
+            if len(value) == len(args):
+                return tuple(_coerce(where, a, v) for a, v in zip(args, value))
+    elif origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            try:
+                return _coerce(where, arg, value)
+            except PrefrlError:
+                continue
+    else:  # pragma: no cover - every field type is handled above
+        return value
+    raise PrefrlError(
+        f"{where} = {value!r} is not a valid {_type_name(annotation)}; "
+        f"give a {_type_name(annotation)} value"
+    )
+
+
+def _type_name(annotation: Any) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    return str(annotation).replace("typing.", "")
+
+
+def _build_section(section: str, values: Mapping[str, Any], source: str) -> Any:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise PrefrlError(
+                f"unknown setting '{section}.{key}' in {source}; "
+                f"valid keys of [{section}]: {', '.join(sorted(known))}"
+            )
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+    return cls(**kwargs)
+
+
+def preset_from_dict(data: Mapping[str, Any], source: str, default_name: str = "") -> Preset:
+    """Build and validate a :class:`Preset` from nested TOML-like data.
+
+    :param data: ``{section: {key: value}}``
+    :param source: where the data came from, named in error messages
+    :param default_name: task name when ``task.name`` is not given
+    """
+    for section, values in data.items():
+        if section not in SECTIONS:
+            raise PrefrlError(
+                f"unknown section [{section}] in {source}; valid sections: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(values, Mapping):
+            raise PrefrlError(f"'{section}' in {source} must be a table [{section}], got {values!r}")
+    task_values = dict(data.get("task", {}))
+    task_values.setdefault("name", default_name)
+    sections = {
+        name: _build_section(name, task_values if name == "task" else data.get(name, {}), source)
+        for name in SECTIONS
+    }
+    preset = Preset(**sections)
+    validate(preset, source)
+    return preset
+
+
+def validate(preset: Preset, source: str = "preset") -> None:
+    """Early, explicit sanity checks; raise :class:`PrefrlError` naming the bad value."""
+    t, p, r, lab, te, ev = (
+        preset.task, preset.ppo, preset.reward, preset.labels, preset.teacher, preset.eval
+    )
+
+    def bad(key: str, value: Any, want: str) -> PrefrlError:
+        return PrefrlError(f"{key} = {value!r} in {source} is invalid: {want}")
+
+    if not t.env_id:
+        raise bad("task.env_id", t.env_id, "set the Gymnasium id, e.g. 'Hopper-v5'")
+    if t.domain not in DOMAINS:
+        raise bad("task.domain", t.domain, f"use one of {', '.join(DOMAINS)}")
+    positive = {
+        "task.horizon": t.horizon, "task.clip_length": t.clip_length,
+        "ppo.total_steps": p.total_steps, "ppo.n_envs": p.n_envs, "ppo.n_steps": p.n_steps,
+        "ppo.batch_size": p.batch_size, "ppo.n_epochs": p.n_epochs,
+        "reward.ensemble_size": r.ensemble_size, "reward.batch_size": r.batch_size,
+        "reward.epochs_per_update": r.epochs_per_update, "labels.budget": lab.budget,
+        "labels.oversample": lab.oversample, "labels.segment_buffer_size": lab.segment_buffer_size,
+        "eval.every_steps": ev.every_steps, "eval.episodes": ev.episodes,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise bad(key, value, "must be a positive number")
+    non_negative = {
+        "labels.initial_labels": lab.initial_labels, "labels.pretrain_epochs": lab.pretrain_epochs,
+        "reward.label_buffer_size": r.label_buffer_size, "reward.frames_per_clip": r.frames_per_clip,
+        "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,
+        "ppo.torch_threads": p.torch_threads,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise bad(key, value, "must be zero or positive")
+    if t.clip_length > t.horizon:
+        raise bad("task.clip_length", t.clip_length, f"must not exceed task.horizon = {t.horizon}")
+    if lab.initial_labels > lab.budget:
+        raise bad(
+            "labels.initial_labels", lab.initial_labels,
+            f"must not exceed labels.budget = {lab.budget}",
+        )
+    if lab.rate_constant <= 0:
+        raise bad("labels.rate_constant", lab.rate_constant, "must be positive")
+    if lab.query_selection not in QUERY_SELECTIONS:
+        raise bad("labels.query_selection", lab.query_selection, f"use one of {', '.join(QUERY_SELECTIONS)}")
+    if r.architecture not in REWARD_ARCHITECTURES:
+        raise bad("reward.architecture", r.architecture, f"use one of {', '.join(REWARD_ARCHITECTURES)}")
+    if p.vec_env not in VEC_ENVS:
+        raise bad("ppo.vec_env", p.vec_env, f"use one of {', '.join(VEC_ENVS)}")
+    if p.policy not in ("MlpPolicy", "CnnPolicy"):
+        raise bad("ppo.policy", p.policy, "use MlpPolicy or CnnPolicy")
+    if r.frames_per_clip > t.clip_length:
+        raise bad("reward.frames_per_clip", r.frames_per_clip, f"must not exceed task.clip_length = {t.clip_length}")
+    for key, value in {
+        "reward.validation_fraction": r.validation_fraction,
+        "reward.random_answer_prob": r.random_answer_prob,
+        "teacher.mistake_prob": te.mistake_prob,
+        "reward.dropout": r.dropout,
+    }.items():
+        if not 0.0 <= value < 1.0:
+            raise bad(key, value, "must be in [0, 1)")
+    if not 0.0 < te.gamma <= 1.0:
+        raise bad("teacher.gamma", te.gamma, "must be in (0, 1]")
+    if te.beta <= 0:
+        raise bad("teacher.beta", te.beta, "must be positive (inf = perfectly rational)")
+    if r.output_std <= 0:
+        raise bad("reward.output_std", r.output_std, "must be positive")
+    if not 1.0 <= r.l2_ratio_low < r.l2_ratio_high:
+        raise bad("reward.l2_ratio_low", r.l2_ratio_low, "need 1 <= l2_ratio_low < l2_ratio_high")
+    if p.batch_size > p.n_steps * p.n_envs:
+        raise bad("ppo.batch_size", p.batch_size, f"must not exceed ppo.n_steps * ppo.n_envs = {p.n_steps * p.n_envs}")
+    for region in t.mask_regions:
+        top, bottom, left, right = region
+        if not (0 <= top < bottom and 0 <= left < right):
+            raise bad("task.mask_regions", list(region), "each region is [top, bottom, left, right] with top < bottom, left < right")
+
+
+def _parse_value(text: str) -> Any:
+    """Parse the value of ``--set key=value`` as TOML, else keep it as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> Preset:
+    """Apply ``section.key=value`` strings (values in TOML syntax) and re-validate.
+
+    :raises PrefrlError: malformed item, unknown key or a value of the wrong type
+    """
+    data = preset.to_dict()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        section, dot, name = key.partition(".")
+        if not sep or not dot or not name:
+            raise PrefrlError(f"--set {item!r} is malformed; write section.key=value, e.g. ppo.total_steps=10000")
+        if section not in SECTIONS:
+            raise PrefrlError(f"--set {item!r}: unknown section '{section}'; valid sections: {', '.join(SECTIONS)}")
+        known = {f.name for f in dataclasses.fields(SECTIONS[section])}
+        if name not in known:
+            raise PrefrlError(
+                f"--set {item!r}: unknown setting '{key}'; valid keys of [{section}]: {', '.join(sorted(known))}"
+            )
+        hints = typing.get_type_hints(SECTIONS[section])
+        data[section][name] = _coerce(f"--set {key}", hints[name], _parse_value(text.strip()))
+    return preset_from_dict(data, source="--set overrides")
+
+
+def preset_path(task: str) -> Path:
+    """Resolve a preset name (``hopper``) or a path to a ``.toml`` file."""
+    candidate = Path(task)
+    if candidate.suffix == ".toml" or candidate.exists():
+        if not candidate.is_file():
+            raise PrefrlError(f"preset file '{task}' not found; give an existing .toml path or a task name (see `prefrl tasks`)")
+        return candidate
+    path = PRESET_DIR / f"{task.lower()}.toml"
+    if not path.is_file():
+        names = ", ".join(available_tasks()) or "none found"
+        raise PrefrlError(f"unknown task '{task}'; valid tasks: {names}")
+    return path
+
+
+def load_preset(task: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
+    """Load a preset by name or path and apply ``--set`` overrides."""
+    path = preset_path(task)
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise PrefrlError(f"malformed preset {path}: {exc}; fix the TOML syntax") from None
+    preset = preset_from_dict(data, source=str(path), default_name=path.stem)
+    return apply_overrides(preset, overrides) if overrides else preset
+
+
+def available_tasks() -> list[str]:
+    """Names of the preset files in ``envs/``."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))

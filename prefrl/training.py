@@ -1,0 +1,424 @@
+"""One training run: PPO on the learned reward (``arm="learned"``) or on the true reward
+(``arm="true"``), evaluated on the true return under the task's real rules.
+
+Read top to bottom, a learned run is:
+
+1. seed everything, build the vectorised env (fixed horizon, Atari score masked);
+2. record segments of a random policy, ask the teacher about ``initial_labels`` pairs,
+   pretrain the reward ensemble on the answers;
+3. PPO learns on the ensemble's normalised reward; at every rollout end new queries are
+   drawn from recent segments as the label schedule asks, answers are collected (never
+   waited for) and the ensemble is refitted;
+4. periodic evaluation episodes measure the true return; everything lands in the run dir.
+
+The true arm skips steps 2 and 3 and trains the same PPO on the true reward.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.utils import set_random_seed
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    SubprocVecEnv,
+    VecEnv,
+    VecNormalize,
+    sync_envs_normalization,
+)
+
+from prefrl.envs import make_env
+from prefrl.errors import PrefrlError
+from prefrl.labels import LabelSchedule, LabelStore, Preference
+from prefrl.presets import Preset
+from prefrl.queries import draw_queries, make_selector
+from prefrl.reward import RewardModel
+from prefrl.segments import SegmentBuffer
+from prefrl.teachers import Teacher, make_teacher
+from prefrl.vec_wrappers import LearnedRewardVecEnv, SegmentRecorder
+
+ARMS = ("learned", "true")
+EVAL_COLUMNS = ["step", "mean_true_return", "std_true_return", "episodes", "mean_length"]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where a run writes.
+
+    :param run_dir: config, logs, checkpoints, evaluation and summary
+    :param clips_dir: clip pairs and the label database (``labels.sqlite``)
+    """
+
+    run_dir: Path
+    clips_dir: Path
+
+
+def run_name(task: str, arm: str, seed: int, when: datetime | None = None) -> str:
+    """CleanRL-style ``env__exp__seed__time`` name, e.g. ``hopper__learned__1__20261123-153000``."""
+    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
+    return f"{task}__{arm}__{seed}__{stamp}"
+
+
+def default_paths(task: str, arm: str, seed: int, root: Path = Path("runs")) -> RunPaths:
+    name = run_name(task, arm, seed)
+    return RunPaths(run_dir=root / name, clips_dir=Path("clips") / name)
+
+
+# --------------------------------------------------------------------------- environments
+
+
+def _env_factory(preset: Preset, evaluation: bool, clip_reward: bool, record_frames: bool):
+    def factory() -> gym.Env:
+        env = make_env(preset, evaluation=evaluation, record_frames=record_frames)
+        # Monitor sits below any reward change, so episode returns it logs are true returns.
+        env = Monitor(env)
+        if clip_reward:
+            env = gym.wrappers.ClipReward(env, -1.0, 1.0)
+        return env
+
+    return factory
+
+
+def make_vec_env(
+    preset: Preset,
+    n_envs: int,
+    seed: int,
+    *,
+    evaluation: bool = False,
+    clip_reward: bool = False,
+    record_frames: bool = False,
+) -> VecEnv:
+    """Vectorised task env, seeded once (env ``i`` gets ``seed + i``)."""
+    factories = [_env_factory(preset, evaluation, clip_reward, record_frames) for _ in range(n_envs)]
+    if preset.ppo.vec_env == "subproc" and n_envs > 1:
+        venv: VecEnv = SubprocVecEnv(factories)
+    else:
+        venv = DummyVecEnv(factories)
+    venv.seed(seed)
+    venv.action_space.seed(seed)
+    return venv
+
+
+# --------------------------------------------------------------------------- callbacks
+
+
+class PreferenceCallback(BaseCallback):
+    """At every rollout end: ask the queries the schedule calls for, collect whatever
+    answers have arrived, refit the reward ensemble on them, and log its quality."""
+
+    def __init__(
+        self,
+        *,
+        preset: Preset,
+        reward_model: RewardModel,
+        teacher: Teacher,
+        store: LabelStore,
+        buffer: SegmentBuffer,
+        schedule: LabelSchedule,
+        learned_env: LearnedRewardVecEnv,
+        rng: np.random.Generator,
+        step_offset: int = 0,
+        asked: int = 0,
+        labels_used: int = 0,
+    ) -> None:
+        super().__init__()
+        self.preset = preset
+        self.reward_model = reward_model
+        self.teacher = teacher
+        self.store = store
+        self.buffer = buffer
+        self.schedule = schedule
+        self.learned_env = learned_env
+        self.rng = rng
+        self.selector = make_selector(preset.labels.query_selection, rng)
+        self.step_offset = step_offset
+        self.asked = asked
+        self.labels_used = labels_used
+        self.last_stats: dict[str, float] = {}
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        step = self.num_timesteps
+        self.ask_due(step)
+        new = self.collect(step)
+        if new:
+            self.last_stats = fit_reward_model(self.reward_model, self.buffer, self.preset.reward.epochs_per_update)
+        for key, value in self.last_stats.items():
+            self.logger.record(f"reward/{key}", value)
+        self.logger.record("labels/used", self.labels_used)
+        self.logger.record("labels/asked", self.asked)
+        self.logger.record("labels/pending", self.teacher.pending())
+        if self.learned_env.learned_episode_returns:
+            self.logger.record("rollout/learned_ep_return", float(np.mean(self.learned_env.learned_episode_returns)))
+
+    def ask_due(self, step: int) -> int:
+        due = min(self.schedule.target(step), self.preset.labels.budget) - self.asked
+        if due <= 0 or len(self.buffer) < 2:
+            return 0
+        selector_fn = self.reward_model.preference_probabilities if self.reward_model.n_labels else None
+        queries = draw_queries(
+            self.buffer, due, self.selector, self.preset.labels.oversample, self.rng,
+            preference_probabilities=selector_fn, prefix=f"q{self.asked:06d}_",
+        )
+        self.store.add_pairs(queries)
+        self.teacher.ask(queries, step)
+        self.asked += len(queries)
+        return len(queries)
+
+    def collect(self, step: int) -> list[Preference]:
+        answers = self.teacher.answers()
+        for answer in answers:
+            self.store.record_label(answer.pair.pair_id, answer.choice, answer.labeller)
+        self.reward_model.add_preferences(answers)
+        self.labels_used += sum(a.choice.target is not None for a in answers)
+        return answers
+
+
+def fit_reward_model(reward_model: RewardModel, buffer: SegmentBuffer, epochs: int) -> dict[str, float]:
+    """Train the ensemble, renormalise it on recent segments, and measure how well its
+    segment returns follow the true ones (for the log only; never used for training)."""
+    stats = dict(reward_model.train(epochs))
+    recent = list(buffer.segments)[-256:]
+    if recent:
+        obs = np.concatenate([s.observations for s in recent])
+        act = np.concatenate([s.actions for s in recent])
+        reward_model.update_normalization(obs, act)
+        if len(recent) >= 3:
+            predicted = reward_model.segment_returns(recent).mean(axis=0)
+            true = np.array([s.true_return for s in recent])
+            if np.std(predicted) > 0 and np.std(true) > 0:
+                stats["segment_return_corr"] = float(np.corrcoef(predicted, true)[0, 1])
+    return {k: float(v) for k, v in stats.items()}
+
+
+class TrueReturnEvalCallback(BaseCallback):
+    """Evaluate the policy on the true return with the task's real rules every
+    ``eval.every_steps`` env steps and append a row to ``eval.csv``."""
+
+    def __init__(self, eval_env: VecEnv, preset: Preset, csv_path: Path) -> None:
+        super().__init__()
+        self.eval_env = eval_env
+        self.preset = preset
+        self.csv_path = csv_path
+        self.next_eval = 0
+        self.last_mean = float("nan")
+        with open(csv_path, "w", newline="") as fh:
+            csv.writer(fh).writerow(EVAL_COLUMNS)
+
+    def _on_training_start(self) -> None:
+        self.evaluate()  # the curve starts at the untrained policy
+        self.next_eval = self.num_timesteps + self.preset.eval.every_steps
+
+    def _on_step(self) -> bool:
+        if self.num_timesteps >= self.next_eval:
+            self.evaluate()
+            self.next_eval += self.preset.eval.every_steps
+        return True
+
+    def evaluate(self) -> float:
+        sync_envs_normalization(self.model.get_env(), self.eval_env)
+        returns, lengths = evaluate_policy(
+            self.model, self.eval_env, n_eval_episodes=self.preset.eval.episodes,
+            deterministic=self.preset.eval.deterministic, return_episode_rewards=True, warn=False,
+        )
+        mean, std = float(np.mean(returns)), float(np.std(returns))
+        with open(self.csv_path, "a", newline="") as fh:
+            csv.writer(fh).writerow([self.num_timesteps, mean, std, len(returns), float(np.mean(lengths))])
+        self.logger.record("eval/mean_true_return", mean)
+        self.last_mean = mean
+        return mean
+
+
+class ProgressCallback(BaseCallback):
+    """A tqdm bar over env steps with labels used and the recent true training return."""
+
+    def __init__(self, total: int, prefs: PreferenceCallback | None, evals: TrueReturnEvalCallback) -> None:
+        super().__init__()
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, smoothing=0.1)
+        self.prefs = prefs
+        self.evals = evals
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.num_timesteps - self.bar.n)
+        return True
+
+    def _on_rollout_end(self) -> None:
+        postfix: dict[str, Any] = {}
+        if self.prefs is not None:
+            postfix["labels"] = self.prefs.labels_used
+        if self.model.ep_info_buffer:
+            postfix["true_return"] = f"{np.mean([e['r'] for e in self.model.ep_info_buffer]):.1f}"
+        if not np.isnan(self.evals.last_mean):
+            postfix["eval"] = f"{self.evals.last_mean:.1f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def _on_training_end(self) -> None:
+        self.bar.update(self.num_timesteps - self.bar.n)
+        self.bar.close()
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def collect_random_segments(venv: VecEnv, recorder: SegmentRecorder, n_segments: int, max_steps: int) -> int:
+    """Step a uniformly random policy until the buffer holds ``n_segments`` segments.
+
+    :return: env steps taken
+    """
+    venv.reset()
+    steps = 0
+    while len(recorder.buffer) < n_segments and steps < max_steps:
+        actions = np.stack([venv.action_space.sample() for _ in range(venv.num_envs)])
+        venv.step(actions)
+        steps += venv.num_envs
+    return steps
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def train(
+    preset: Preset,
+    *,
+    arm: str = "learned",
+    seed: int = 0,
+    paths: RunPaths | None = None,
+    teacher_kind: str = "synthetic",
+    progress: bool = True,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Train one run and return its summary (also written to ``summary.json``).
+
+    :param preset: the task's resolved settings
+    :param arm: ``learned`` (PPO on the learned reward) or ``true`` (on the true reward)
+    :param seed: seeds the env, PPO, the reward model, the teacher and query selection
+    :param paths: run and clips folders (default ``runs/<name>``, ``clips/<name>``)
+    :param teacher_kind: who answers the queries (learned arm only)
+    :param progress: show a progress bar
+    :param verbose: SB3 verbosity
+    """
+    if arm not in ARMS:
+        raise PrefrlError(f"unknown arm '{arm}'; use one of {', '.join(ARMS)}")
+    task = preset.task.name
+    paths = paths or default_paths(task, arm, seed)
+    run_dir = paths.run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise PrefrlError(f"run directory '{run_dir}' already holds a run; give a new --run-dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+
+    # Seeding: one block, everything derives from `seed`.
+    random.seed(seed)
+    np.random.seed(seed)
+    set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    if preset.ppo.torch_threads > 0:
+        torch.set_num_threads(preset.ppo.torch_threads)
+
+    config = {
+        "task": task, "arm": arm, "seed": seed, "teacher": teacher_kind if arm == "learned" else None,
+        "run_dir": str(run_dir), "clips_dir": str(paths.clips_dir) if arm == "learned" else None,
+        "preset": preset.to_dict(), "python": platform.python_version(), "torch": torch.__version__,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+    _write_json(run_dir / "config.json", config)
+
+    p = preset.ppo
+    venv = make_vec_env(preset, p.n_envs, seed, clip_reward=(arm == "true" and p.clip_true_reward))
+    eval_env: VecEnv = make_vec_env(preset, 1, seed + 10_000, evaluation=True)
+
+    reward_model: RewardModel | None = None
+    prefs: PreferenceCallback | None = None
+    pretrain_steps = 0
+    if arm == "learned":
+        buffer = SegmentBuffer(preset.task.clip_length, p.n_envs, preset.labels.segment_buffer_size)
+        recorder = SegmentRecorder(venv, buffer)
+        reward_model = RewardModel(venv.observation_space, venv.action_space, preset.reward, seed=seed)
+        learned_env = LearnedRewardVecEnv(recorder, reward_model.predict)
+        venv = learned_env
+        teacher = make_teacher(teacher_kind, preset.teacher, seed, preset.task.termination_penalty)
+        paths.clips_dir.mkdir(parents=True, exist_ok=True)
+        store = LabelStore(paths.clips_dir, task)
+        schedule = LabelSchedule(preset.labels.budget, preset.labels.initial_labels,
+                                 preset.labels.rate_constant, p.total_steps)
+        prefs = PreferenceCallback(
+            preset=preset, reward_model=reward_model, teacher=teacher, store=store, buffer=buffer,
+            schedule=schedule, learned_env=learned_env, rng=rng,
+        )
+        # Initial labels come from a random policy's segments, before RL starts.
+        initial = schedule.target(0)
+        if initial > 0:
+            wanted = min(max(2, initial), preset.labels.segment_buffer_size)
+            pretrain_steps = collect_random_segments(
+                recorder, recorder, wanted, max_steps=wanted * preset.task.clip_length * 4 + p.n_envs
+            )
+            prefs.ask_due(0)
+            prefs.collect(0)
+            if reward_model.n_labels and preset.labels.pretrain_epochs:
+                prefs.last_stats = fit_reward_model(reward_model, buffer, preset.labels.pretrain_epochs)
+
+    if p.normalize_observations or p.normalize_rewards:
+        venv = VecNormalize(venv, norm_obs=p.normalize_observations, norm_reward=p.normalize_rewards, gamma=p.gamma)
+        eval_env = VecNormalize(eval_env, training=False, norm_obs=p.normalize_observations, norm_reward=False)
+
+    model = PPO(
+        p.policy, venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
+        learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
+        ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
+        policy_kwargs={"net_arch": list(p.net_arch)} if p.policy == "MlpPolicy" else None,
+        seed=seed, verbose=verbose, device="cpu",
+    )
+    model.set_logger(configure(str(run_dir / "logs"), ["csv", "tensorboard"]))
+    evals = TrueReturnEvalCallback(eval_env, preset, run_dir / "eval.csv")
+    callbacks: list[BaseCallback] = [evals] + ([prefs] if prefs is not None else [])
+    if progress:
+        callbacks.append(ProgressCallback(p.total_steps, prefs, evals))
+    model.learn(total_timesteps=p.total_steps, callback=CallbackList(callbacks))
+    if evals.next_eval - preset.eval.every_steps < model.num_timesteps:
+        evals.evaluate()  # always end with an evaluation of the final policy
+
+    model.save(run_dir / "policy.zip")
+    if isinstance(model.get_env(), VecNormalize):
+        model.get_env().save(str(run_dir / "vecnormalize.pkl"))
+    labels_used = 0
+    if reward_model is not None and prefs is not None:
+        reward_model.save(run_dir / "reward_model.pt")
+        prefs.store.export_jsonl(run_dir / "labels.jsonl")
+        prefs.store.close()
+        labels_used = prefs.labels_used
+    venv.close()
+    eval_env.close()
+
+    summary = {
+        "task": task, "arm": arm, "seed": seed, "env_steps": int(model.num_timesteps),
+        "pretrain_env_steps": int(pretrain_steps), "labels_used": int(labels_used),
+        "label_budget": preset.labels.budget if arm == "learned" else 0,
+        "final_true_return": evals.last_mean, "wall_seconds": round(time.time() - started, 1),
+        "reward_model": dict(prefs.last_stats) if prefs is not None else {},
+    }
+    _write_json(run_dir / "summary.json", summary)
+    return summary
