@@ -177,7 +177,7 @@ class PreferenceCallback(BaseCallback):
         selector_fn = self.reward_model.preference_probabilities if self.reward_model.n_labels else None
         queries = draw_queries(
             self.buffer, due, self.selector, self.preset.labels.oversample, self.rng,
-            preference_probabilities=selector_fn, prefix=f"q{self.asked:06d}_",
+            preference_probabilities=selector_fn, prefix="q", first_id=self.asked,
         )
         self.store.add_pairs(queries)
         self.teacher.ask(queries, step)

@@ -1,0 +1,119 @@
+"""Tiny end-to-end runs of both arms, the comparison, and determinism."""
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from prefrl.presets import load_preset
+from prefrl.report import compare
+from prefrl.training import RunPaths, train
+
+TINY = (
+    "ppo.total_steps=1024",
+    "ppo.n_steps=256",
+    "ppo.batch_size=64",
+    "ppo.n_epochs=2",
+    "labels.budget=30",
+    "labels.initial_labels=10",
+    "labels.pretrain_epochs=3",
+    "reward.epochs_per_update=2",
+    "eval.every_steps=512",
+    "eval.episodes=1",
+)
+
+
+def _run(tmp_path: Path, arm: str, name: str, seed: int = 0, extra: tuple[str, ...] = ()) -> Path:
+    preset = load_preset("pendulum", list(TINY + extra))
+    run_dir = tmp_path / name
+    train(preset, arm=arm, seed=seed, paths=RunPaths(run_dir, run_dir / "clips"), progress=False)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    return {
+        "learned": _run(root, "learned", "learned_a"),
+        "learned_again": _run(root, "learned", "learned_b"),
+        "true": _run(root, "true", "true_a"),
+    }
+
+
+def test_run_directory_contents(runs):
+    learned, true = runs["learned"], runs["true"]
+    for run_dir in (learned, true):
+        for name in ("config.json", "eval.csv", "policy.zip", "summary.json"):
+            assert (run_dir / name).is_file(), name
+        assert (run_dir / "logs" / "progress.csv").is_file()
+        assert any((run_dir / "logs").glob("events.out.tfevents*"))
+        summary = json.loads((run_dir / "summary.json").read_text())
+        for key in ("task", "arm", "seed", "env_steps", "labels_used", "final_true_return", "wall_seconds"):
+            assert key in summary
+        assert summary["env_steps"] >= 1024
+        with open(run_dir / "eval.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {"step", "mean_true_return", "std_true_return", "episodes"} <= set(rows[0])
+        assert int(rows[-1]["step"]) == summary["env_steps"]
+        config = json.loads((run_dir / "config.json").read_text())
+        assert config["preset"]["ppo"]["total_steps"] == 1024
+    assert (learned / "reward_model.pt").is_file()
+    assert not (true / "reward_model.pt").exists()
+    summary = json.loads((learned / "summary.json").read_text())
+    assert 10 <= summary["labels_used"] <= 30
+    labels = (learned / "labels.jsonl").read_text().splitlines()
+    assert len(labels) == summary["labels_used"]
+    progress = (learned / "logs" / "progress.csv").read_text().splitlines()[0]
+    for key in ("reward/val_accuracy", "labels/used", "rollout/learned_ep_return", "rollout/ep_rew_mean"):
+        assert key in progress, key
+
+
+def test_same_seed_same_labels_and_reward_weights(runs):
+    a, b = runs["learned"], runs["learned_again"]
+    labels_a = [json.loads(line) for line in (a / "labels.jsonl").read_text().splitlines()]
+    labels_b = [json.loads(line) for line in (b / "labels.jsonl").read_text().splitlines()]
+    assert [(x["pair_id"], x["left_clip"], x["right_clip"], x["choice"]) for x in labels_a] == [
+        (x["pair_id"], x["left_clip"], x["right_clip"], x["choice"]) for x in labels_b
+    ]
+    weights_a = torch.load(a / "reward_model.pt", weights_only=False)
+    weights_b = torch.load(b / "reward_model.pt", weights_only=False)
+    flat_a = {k: v for k, v in _tensors(weights_a)}
+    flat_b = {k: v for k, v in _tensors(weights_b)}
+    assert flat_a.keys() == flat_b.keys() and flat_a
+    for key in flat_a:
+        assert torch.equal(flat_a[key], flat_b[key]), key
+    summary_a = json.loads((a / "summary.json").read_text())
+    summary_b = json.loads((b / "summary.json").read_text())
+    assert summary_a["final_true_return"] == summary_b["final_true_return"]
+
+
+def _tensors(obj, prefix=""):
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _tensors(v, f"{prefix}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _tensors(v, f"{prefix}[{i}]")
+
+
+def test_compare_writes_plot_and_table(runs, tmp_path):
+    rows, table = compare([runs["learned"], runs["true"]], tmp_path)
+    assert (tmp_path / "comparison.png").stat().st_size > 1000
+    text = (tmp_path / "comparison.md").read_text()
+    assert "| pendulum | true |" in text and "learned (30 labels)" in text
+    arms = {r.arm: r for r in rows}
+    assert arms["learned"].ratio == pytest.approx(arms["learned"].mean_return / arms["true"].mean_return)
+    assert np.isfinite(arms["true"].mean_return)
+
+
+def test_refuses_to_overwrite_a_run(runs):
+    from prefrl.errors import PrefrlError
+
+    preset = load_preset("pendulum", list(TINY))
+    with pytest.raises(PrefrlError, match="already holds a run"):
+        train(preset, arm="true", paths=RunPaths(runs["true"], runs["true"] / "clips"), progress=False)
