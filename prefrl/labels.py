@@ -538,6 +538,31 @@ class LabelStore:
             )
         return str(row[0])
 
+    def renew_leases(self, pair_ids: Sequence[str], owner: str, lease_seconds: float) -> list[str]:
+        """Extend ``owner``'s live leases (a viewer keeps the pair on screen and the ones it
+        prepared ahead while the person takes their time).
+
+        A lease that already expired is renewed too unless someone else took the pair
+        meanwhile; an answered pair is not.
+
+        :param pair_ids: pairs the owner believes it holds
+        :param owner: the viewer's lease owner name
+        :param lease_seconds: new length of each lease, from now
+        :return: the ids still held by ``owner`` (the others were lost)
+        """
+        if not pair_ids:
+            return []
+        held: list[str] = []
+        with self._transaction() as conn:
+            expires = time.time() + lease_seconds
+            for pair_id in pair_ids:
+                if conn.execute(
+                    "UPDATE pairs SET lease_expires = ? WHERE pair_id = ? AND lease_owner = ? AND status = 'pending'",
+                    (expires, pair_id, owner),
+                ).rowcount:
+                    held.append(pair_id)
+        return held
+
     def release(self, pair_id: str, owner: str) -> bool:
         """Give back a lease held by ``owner``; returns whether it held one."""
         with self._transaction() as conn:

@@ -51,6 +51,12 @@ class TaskSettings:
     :param frame_stack: Atari: number of stacked frames
     :param fire_reset: Atari: press FIRE after reset for games that need it to start
     :param for_tests: a small preset for fast tests, not part of the benchmark suite
+    :param sticky_action_prob: Atari: probability that the emulator repeats the previous
+        action instead of the new one (ALE's ``repeat_action_probability``); 0 as in the
+        paper (ALE v5 would default to 0.25)
+    :param on_termination: what a training episode does when the underlying task ends
+        (fallen over, game over): ``continue`` stepping the same simulation (MuJoCo) or
+        ``reset`` it in place (Atari, CartPole); either way the episode runs to ``horizon``
     """
 
     name: str = ""
@@ -67,6 +73,8 @@ class TaskSettings:
     frame_stack: int = 4
     fire_reset: bool = False
     for_tests: bool = False
+    sticky_action_prob: float = 0.0
+    on_termination: str = "continue"
 
 
 @dataclass(frozen=True)
@@ -344,6 +352,8 @@ def validate(preset: Preset, source: str = "preset") -> None:
         raise bad("task.env_id", t.env_id, "set the Gymnasium id, e.g. 'Hopper-v5'")
     if t.domain not in DOMAINS:
         raise bad("task.domain", t.domain, f"use one of {', '.join(DOMAINS)}")
+    if t.on_termination not in ("continue", "reset"):
+        raise bad("task.on_termination", t.on_termination, "use continue or reset")
     positive = {
         "task.horizon": t.horizon, "task.clip_length": t.clip_length,
         "ppo.total_steps": p.total_steps, "ppo.n_envs": p.n_envs, "ppo.n_steps": p.n_steps,

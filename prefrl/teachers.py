@@ -13,19 +13,21 @@ skip, equal, myopic) one parameter of :class:`~prefrl.presets.TeacherSettings`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
+import time
 from types import TracebackType
 from typing import Sequence
 
 import numpy as np
 
 from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, Preference
+from prefrl.labels import Choice, LabelStore, Preference
 from prefrl.presets import TeacherSettings
 from prefrl.segments import ClipPair, Segment
 
 #: Kinds accepted by :func:`make_teacher`.
-TEACHER_KINDS = ("synthetic",)
+TEACHER_KINDS = ("synthetic", "human")
 
 
 class Teacher(abc.ABC):
@@ -228,11 +230,101 @@ class SyntheticTeacher(Teacher):
         return 0  # answers are computed inside ask()
 
 
+class HumanTeacher(Teacher):
+    """People answering in viewers (``prefrl label``), possibly in other processes.
+
+    :meth:`ask` stores the pairs as pending queries in the label store; viewers lease
+    them, and commit each answer to the store on the keypress. :meth:`answers` reads the
+    labels that arrived since the last call (a cursor over ``label_id``) and turns them
+    into :class:`Preference` objects whose pairs are loaded from the store, so the
+    trainer sees exactly what the person saw. Nothing here waits for a person.
+
+    **Undo.** A viewer can take back its last answer (``undo_label``). Labels younger
+    than ``settle_seconds`` are therefore held back for a moment, so an answer undone
+    right after the keypress never reaches the trainer. A label undone later than that
+    was already handed over; when the pair is answered again the new label is handed
+    over too (the trainer cannot take a label back) and counted in :attr:`revised`.
+
+    Labels of pairs this teacher did not ask about (imported with ``prefrl labels
+    import``, or from an earlier session on the same clips folder) are handed over as
+    well: every label in the store reaches the trainer exactly once.
+
+    :param store: the run's label store (its connection is used from the calling thread)
+    :param settle_seconds: hold back labels younger than this (see Undo above)
+    :param keep_frames: keep the clips' display frames in the returned pairs; off by
+        default because the reward model never reads them and Atari frames would
+        triple the memory of its label buffer
+    """
+
+    labeller = "human"
+
+    def __init__(self, store: LabelStore, settle_seconds: float = 3.0, keep_frames: bool = False) -> None:
+        if settle_seconds < 0:
+            raise PrefrlError(f"settle_seconds = {settle_seconds} is negative; give 0 or more seconds")
+        self.store = store
+        self.settle_seconds = float(settle_seconds)
+        self.keep_frames = keep_frames
+        self._cursor = 0
+        self._asked: set[str] = set()
+        self._answered: set[str] = set()
+        self._step = 0
+        #: labels that replaced a label of the same pair handed over earlier
+        self.revised = 0
+        #: ``(pair_id, message)`` of labels whose clips could not be read (skipped)
+        self.unreadable: list[tuple[str, str]] = []
+
+    @property
+    def viewer_command(self) -> str:
+        """The command a person runs to answer this teacher's queries."""
+        return f"prefrl label {self.store.clips_dir}"
+
+    def ask(self, pairs: Sequence[ClipPair], step: int) -> None:
+        """Store the queries as pending pairs (a no-op for pairs already stored)."""
+        self.store.add_pairs(pairs)
+        self._asked.update(pair.pair_id for pair in pairs)
+        self._step = max(self._step, int(step))
+
+    def answers(self) -> list[Preference]:
+        """New labels from the store, oldest first; ``step`` is that of the latest ask.
+
+        "Can't tell" answers are included (the trainer drops them), so that
+        :meth:`pending` counts them as answered.
+        """
+        now = time.time()
+        preferences: list[Preference] = []
+        for label_id, pair_id, choice, labeller, created in self.store.labels_after(self._cursor):
+            if now - created < self.settle_seconds:
+                break  # rows come in label_id order: keep this and later ones for next time
+            self._cursor = label_id
+            try:
+                pair = self.store.load_pair(pair_id)
+            except PrefrlError as exc:
+                self.unreadable.append((pair_id, str(exc)))
+                continue
+            if not self.keep_frames:
+                pair = ClipPair(_without_frames(pair.left), _without_frames(pair.right), pair_id=pair.pair_id)
+            if pair_id in self._answered:
+                self.revised += 1
+            self._answered.add(pair_id)
+            preferences.append(Preference(pair=pair, choice=choice, labeller=labeller, step=self._step))
+        return preferences
+
+    def pending(self) -> int:
+        """Pairs asked by this teacher that no answer handed over covers yet."""
+        return len(self._asked - self._answered)
+
+
+def _without_frames(segment: Segment) -> Segment:
+    return segment if segment.frames is None else dataclasses.replace(segment, frames=None)
+
+
 def make_teacher(
     kind: str,
     settings: TeacherSettings | None = None,
     seed: int | np.random.Generator = 0,
     termination_penalty: float = 0.0,
+    *,
+    store: LabelStore | None = None,
 ) -> Teacher:
     """Build a teacher by name.
 
@@ -240,8 +332,13 @@ def make_teacher(
     :param settings: synthetic teacher settings (``preset.teacher``)
     :param seed: int seed or generator for the teacher's randomness
     :param termination_penalty: ``preset.task.termination_penalty``
-    :raises PrefrlError: unknown kind
+    :param store: the run's label store; required by the human teacher
+    :raises PrefrlError: unknown kind, or a human teacher without a store
     """
     if kind == "synthetic":
         return SyntheticTeacher(settings, seed=seed, termination_penalty=termination_penalty)
+    if kind == "human":
+        if store is None:
+            raise PrefrlError("the human teacher needs the run's label store: make_teacher('human', ..., store=store)")
+        return HumanTeacher(store)
     raise PrefrlError(f"unknown teacher kind '{kind}'; valid kinds: {', '.join(TEACHER_KINDS)}")
