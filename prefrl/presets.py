@@ -166,6 +166,8 @@ class LabelSettings:
         predicted preference) or ``entropy`` (of the mean predicted preference)
     :param oversample: candidate pairs drawn per query asked
     :param segment_buffer_size: most recent segments kept to draw queries from
+    :param update_every_steps: env steps between rounds of queries and reward fitting
+        (each round happens at the next PPO rollout end)
     """
 
     budget: int = 700
@@ -175,6 +177,7 @@ class LabelSettings:
     query_selection: str = "disagreement"
     oversample: int = 10
     segment_buffer_size: int = 1000
+    update_every_steps: int = 5000
 
 
 @dataclass(frozen=True)
@@ -361,6 +364,7 @@ def validate(preset: Preset, source: str = "preset") -> None:
         "reward.ensemble_size": r.ensemble_size, "reward.batch_size": r.batch_size,
         "reward.epochs_per_update": r.epochs_per_update, "labels.budget": lab.budget,
         "labels.oversample": lab.oversample, "labels.segment_buffer_size": lab.segment_buffer_size,
+        "labels.update_every_steps": lab.update_every_steps,
         "eval.every_steps": ev.every_steps, "eval.episodes": ev.episodes,
     }
     for key, value in positive.items():

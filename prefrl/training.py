@@ -16,6 +16,7 @@ The true arm skips steps 2 and 3 and trains the same PPO on the true reward.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -41,7 +42,6 @@ from stable_baselines3.common.vec_env import (
     SubprocVecEnv,
     VecEnv,
     VecNormalize,
-    sync_envs_normalization,
 )
 
 from prefrl.envs import make_env
@@ -148,16 +148,21 @@ class PreferenceCallback(BaseCallback):
         self.learned_env = learned_env
         self.rng = rng
         self.selector = make_selector(preset.labels.query_selection, rng)
+        self.uniform = make_selector("uniform", rng)
         self.step_offset = step_offset
         self.asked = asked
         self.labels_used = labels_used
         self.last_stats: dict[str, float] = {}
+        self.next_update = 0
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
         step = self.num_timesteps
+        if step < self.next_update:
+            return
+        self.next_update = step + self.preset.labels.update_every_steps
         self.ask_due(step)
         new = self.collect(step)
         if new:
@@ -174,10 +179,11 @@ class PreferenceCallback(BaseCallback):
         due = min(self.schedule.target(step), self.preset.labels.budget) - self.asked
         if due <= 0 or len(self.buffer) < 2:
             return 0
-        selector_fn = self.reward_model.preference_probabilities if self.reward_model.n_labels else None
+        # An untrained ensemble's disagreement means nothing: the first queries are uniform.
+        trained = self.reward_model.n_labels > 0
         queries = draw_queries(
-            self.buffer, due, self.selector, self.preset.labels.oversample, self.rng,
-            preference_probabilities=selector_fn, prefix="q", first_id=self.asked,
+            self.buffer, due, self.selector if trained else self.uniform, self.preset.labels.oversample, self.rng,
+            preference_probabilities=self.reward_model.preference_probabilities if trained else None, prefix="q", first_id=self.asked,
         )
         self.store.add_pairs(queries)
         self.teacher.ask(queries, step)
@@ -235,7 +241,11 @@ class TrueReturnEvalCallback(BaseCallback):
         return True
 
     def evaluate(self) -> float:
-        sync_envs_normalization(self.model.get_env(), self.eval_env)
+        train_env = self.model.get_env()
+        # Only the top VecNormalize is shared: the learned arm's reward wrappers below it
+        # have no counterpart in the evaluation env (which runs on the true reward).
+        if isinstance(train_env, VecNormalize) and isinstance(self.eval_env, VecNormalize):
+            self.eval_env.obs_rms = copy.deepcopy(train_env.obs_rms)
         returns, lengths = evaluate_policy(
             self.model, self.eval_env, n_eval_episodes=self.preset.eval.episodes,
             deterministic=self.preset.eval.deterministic, return_episode_rewards=True, warn=False,

@@ -123,9 +123,9 @@ class Layout:
     MARGIN = 28
     GAP = 36
     HEADER = 58
-    CAPTION = 30
-    BAR = 20
-    HELP = 64
+    CAPTION = 34
+    BAR = 40
+    HELP = 72
 
     @classmethod
     def for_box(cls, box: tuple[int, int]) -> Layout:
@@ -135,8 +135,8 @@ class Layout:
         x_left = (width - (2 * w + cls.GAP)) // 2
         caption_y = cls.HEADER + 12
         top = caption_y + cls.CAPTION
-        bar_y = top + h + 8
-        help_y = bar_y + cls.BAR + 8
+        bar_y = top + h + 12
+        help_y = bar_y + cls.BAR
         return cls(
             width=width, height=help_y + cls.HELP, box=box,
             left_box=(x_left, top, w, h), right_box=(x_left + w + cls.GAP, top, w, h),
@@ -295,6 +295,7 @@ class LabelViewer:
         self._mouse = (-1, -1)
         self._help_items: list[tuple[tuple[int, int, int, int], Action]] = []
         self._was_waiting = False
+        self._header_free = (0, 0)
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -358,6 +359,11 @@ class LabelViewer:
     def store(self) -> LabelStore:
         assert self._store is not None, "open() the viewer first"
         return self._store
+
+    @property
+    def shown_at(self) -> float:
+        """Clock reading when the pair on screen appeared (or was replayed)."""
+        return self._shown_at
 
     @property
     def screen(self) -> Any:
@@ -579,15 +585,19 @@ class LabelViewer:
         assert pg is not None and text is not None
         pg.draw.rect(self._screen, theme.panel, (0, 0, lay.width, lay.header_height))
         dot = text.sym(" · ", " | ")
-        title = self._blit(text.render("prefrl", "title", theme.text, bold=True), Layout.MARGIN, 14)
-        self._blit(text.render(f"{dot.strip()}  {self.task}  {dot.strip()}  which clip is better?", "body", theme.dim),
-                   title.right + 10, 18)
+        title = self._blit(text.render("prefrl", "title", theme.text, bold=True), Layout.MARGIN, 13)
+        task = self._blit(text.render(f"{dot.strip()}  {self.task}", "body", theme.dim), title.right + 10, 17)
         c = self._counts
         stats = f"labelled {c['answered']} / {c['pairs']}{dot}pending {c['pending']}{dot}you {self.session_labels}"
-        self._blit(text.render(stats, "body", theme.text), lay.width - Layout.MARGIN, 18, "topright")
+        stats_rect = self._blit(text.render(stats, "body", theme.text), lay.width - Layout.MARGIN, 8, "topright")
         if self.current is not None:
             label = text.render(f"pair {self.current.pair_id}", "small", theme.dim)
-            self._blit(label, lay.width - Layout.MARGIN, 42, "topright")
+            self._blit(label, lay.width - Layout.MARGIN, 31, "topright")
+        self._header_free = (task.right + 16, stats_rect.left - 16)
+        if self._toast is None or not self._toast_fits():
+            prompt = text.render("Which clip is better?", "body", theme.text, bold=True)
+            middle = (self._header_free[0] + self._header_free[1]) // 2
+            self._blit(prompt, middle, lay.header_height // 2 - 2, "center")
         # Progress of the whole clips folder along the bottom edge of the header.
         total = max(c["pairs"], 1)
         pg.draw.rect(self._screen, theme.faint, (0, lay.header_height - 4, lay.width, 4))
@@ -625,14 +635,14 @@ class LabelViewer:
                 flash_choice is side_choice or flash_choice in (Choice.TIE, Choice.CANT_TELL)
             ):
                 glow = _mix(self._choice_color(flash_choice), theme.background, flash_strength)
-                pg.draw.rect(self._screen, glow, (x - 9, y - 9, w + 18, h + 18), 5, border_radius=8)
+                pg.draw.rect(self._screen, glow, (x - 8, y - 8, w + 16, h + 16), 4, border_radius=8)
             # Playhead.
             pg.draw.rect(self._screen, theme.faint, (x, lay.bar_y, w, 6), border_radius=3)
             done = (index + 1) / len(frames)
             pg.draw.rect(self._screen, _mix(accent, theme.background, 0.8), (x, lay.bar_y, max(6, round(w * done)), 6),
                          border_radius=3)
-        if shown.note:
-            self._blit(text.render(shown.note, "small", theme.warn), lay.width // 2, lay.bar_y + 10, "midtop")
+        if shown.note and self._toast is None:
+            self._blit(text.render(shown.note, "small", theme.warn), lay.width // 2, lay.bar_y + 12, "midtop")
 
     def _draw_waiting(self, now: float) -> None:
         pg, text, theme, lay = self._pg, self._text, self.theme, self.layout
@@ -694,21 +704,34 @@ class LabelViewer:
             self._help_items.append(((x, y, width, 24), action))
             x += width + spacing
         hint = f"label as {self.labeller}{text.sym(' · ', ' | ')}click a clip to choose it{text.sym(' · ', ' | ')}{self.clips_dir}"
-        self._blit(text.render(hint, "small", theme.faint), lay.width // 2, y + 34, "midtop")
+        self._blit(text.render(hint, "small", theme.faint), lay.width // 2, y + 32, "midtop")
+
+    def _toast_surface(self) -> Any:
+        assert self._text is not None and self._toast is not None
+        return self._text.render(self._toast.text, "small", self._toast.color, bold=True)
+
+    def _toast_fits(self) -> bool:
+        left, right = self._header_free
+        return self._toast_surface().get_width() + 28 <= right - left
 
     def _draw_toast(self, now: float) -> None:
+        """Short messages in the middle of the header; long ones (errors) under the clips."""
         toast = self._toast
         if toast is None or time.monotonic() > toast.until:
             self._toast = None
             return
-        pg, text, lay = self._pg, self._text, self.layout
-        assert pg is not None and text is not None
-        surface = text.render(toast.text, "body", toast.color, bold=True)
-        width = surface.get_width() + 28
-        rect = (lay.width // 2 - width // 2, lay.header_height + 4, width, 28)
+        pg, lay = self._pg, self.layout
+        assert pg is not None
+        surface = self._toast_surface()
+        width, height = surface.get_width() + 28, 28
+        if self._toast_fits():
+            middle = (self._header_free[0] + self._header_free[1]) // 2
+            rect = (middle - width // 2, lay.header_height // 2 - 2 - height // 2, width, height)
+        else:
+            rect = (lay.width // 2 - width // 2, lay.bar_y + 8, width, height)
         pg.draw.rect(self._screen, self.theme.panel, rect, border_radius=14)
         pg.draw.rect(self._screen, toast.color, rect, 1, border_radius=14)
-        self._blit(surface, lay.width // 2, rect[1] + 14, "center")
+        self._blit(surface, rect[0] + width // 2, rect[1] + height // 2, "center")
 
 
 def _inside(pos: tuple[int, int], rect: tuple[int, int, int, int]) -> bool:
