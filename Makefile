@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test venv clean
+.PHONY: demo test venv clean xvfb
 
 venv: $(STAMP)
 
@@ -19,8 +19,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/prefrl demo
 
-test: $(STAMP)
+test: $(STAMP) xvfb
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest -q
+
+# The real-window viewer test needs Xvfb and xdotool (Debian packages); install them when
+# we may (root), otherwise that one test is skipped with a note.
+xvfb:
+	@if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing xvfb and xdotool for the viewer test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool >/dev/null; \
+	  else echo "note: Xvfb/xdotool missing and not root: the real-window viewer test will be skipped"; fi; \
+	fi
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -5,9 +5,11 @@ Training envs have a **fixed horizon**: an episode always lasts exactly
 an Atari game is over, the CartPole pole drops) the episode goes on, either stepping the
 same simulation (``on_termination = "continue"``) or restarting it in place
 (``"reset"``). Variable episode length leaks reward: an agent can learn from *when*
-episodes end instead of from the learned reward. ``info["after_termination"]`` tells the
-synthetic teacher which steps came after the underlying task ended, so it can penalise
-them (``task.termination_penalty``); the agent never sees it.
+episodes end instead of from the learned reward. ``info["after_termination"]`` marks the steps
+after the underlying task ended, and ``task.termination_penalty`` is subtracted from
+their reward (:class:`TerminationPenalty`) so that falling or losing still costs
+something. The penalty is part of the training task of both arms; evaluation uses the
+real rules and the env's own return.
 
 Evaluation envs (``evaluation=True``) follow the task's real rules: the unmodified
 environment with its own termination and time limit, so agents are judged on the true
@@ -114,6 +116,31 @@ class ContinuePastTermination(gym.Wrapper, RecordConstructorArgs):
             self._terminated = False
         info["after_termination"] = after_termination
         return obs, reward, False, False, info
+
+
+class TerminationPenalty(gym.Wrapper, RecordConstructorArgs):
+    """Subtract ``penalty`` from the reward of every step flagged ``after_termination``.
+
+    Without termination, falling over (or losing the game) must still cost something, or
+    the fixed-horizon task would not be the task. The penalty is part of the training
+    reward of *both* arms, so the true-reward baseline optimises exactly what the
+    synthetic teacher judges by; evaluation uses the real rules and the env's own return.
+
+    :param env: an env that puts ``after_termination`` in its step info
+    :param penalty: subtracted per flagged step (``continue`` mode: every step after the
+        fall; ``reset`` mode: once per fall or game over)
+    """
+
+    def __init__(self, env: gym.Env, penalty: float) -> None:
+        RecordConstructorArgs.__init__(self, penalty=penalty)
+        gym.Wrapper.__init__(self, env)
+        self.penalty = float(penalty)
+
+    def step(self, action: Any) -> StepReturn:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        if info.get("after_termination", False):
+            reward = float(reward) - self.penalty
+        return obs, reward, terminated, truncated, info
 
 
 class FixedHorizon(gym.Wrapper, RecordConstructorArgs):
@@ -332,6 +359,8 @@ def _make_atari(preset: Preset, evaluation: bool, render_mode: str | None, recor
     if evaluation:
         return TimeLimit(env, cap) if cap > 0 else env
     env = ContinuePastTermination(env, on_termination="reset")
+    if task.termination_penalty:
+        env = TerminationPenalty(env, task.termination_penalty)
     return FixedHorizon(env, task.horizon)
 
 
@@ -346,6 +375,8 @@ def _make_continuous(preset: Preset, evaluation: bool, render_mode: str | None) 
     env = ResetOnNonFinite(env)
     env = RecordRenderState(env)
     env = ContinuePastTermination(env, on_termination=task.on_termination)
+    if task.termination_penalty:
+        env = TerminationPenalty(env, task.termination_penalty)
     return FixedHorizon(env, task.horizon)
 
 

@@ -41,8 +41,9 @@ class TaskSettings:
     :param horizon: fixed length of a training episode in agent steps; early termination
         is removed because variable episode length leaks reward
     :param clip_length: agent steps per segment shown to the teacher (must be <= horizon)
-    :param termination_penalty: what the synthetic teacher subtracts for each step spent
-        after the underlying task would have terminated (fallen over, game over)
+    :param termination_penalty: subtracted from the training reward of each step flagged
+        ``after_termination`` (fallen over, game over), in both arms and so also in what
+        the synthetic teacher judges; evaluation returns never include it
     :param mask_regions: Atari only: ``[top, bottom, left, right]`` rectangles of the raw
         210x160 frame blacked out (score and other counters) before preprocessing
     :param frame_skip: Atari frame skip (max-pooled over the last two frames)

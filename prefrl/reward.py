@@ -20,6 +20,7 @@ import abc
 import contextlib
 import dataclasses
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -41,6 +42,9 @@ LEAKY_SLOPE = 0.01
 L2_STEP = 1.5
 #: Side of the square Atari observation the paper's CNN expects.
 ATARI_SIDE = 84
+#: At most this many in-bag pairs per member are scored for the training loss after
+#: each ``train`` call (enough for the L2 ratio; bounds the cost on Atari).
+MAX_INBAG_EVAL_PAIRS = 512
 #: Checkpoint format tag, bumped when the layout changes.
 CHECKPOINT_FORMAT = "prefrl-reward-1"
 
@@ -197,10 +201,8 @@ class RewardNet(nn.Module, abc.ABC):
         :return: ``(M, N)`` raw rewards
         """
         obs_dims = len(self.observation_shape)
-        if tuple(observations.shape[observations.ndim - obs_dims:]) != self.observation_shape or observations.ndim not in (
-            obs_dims + 1,
-            obs_dims + 2,
-        ):
+        trailing = tuple(observations.shape[observations.ndim - obs_dims :])
+        if trailing != self.observation_shape or observations.ndim not in (obs_dims + 1, obs_dims + 2):
             raise PrefrlError(
                 f"reward net: observations of shape {tuple(observations.shape)} do not match the "
                 f"observation space {self.observation_shape}; give (N, *obs_shape) or (members, N, *obs_shape)"
@@ -387,7 +389,8 @@ class EnsembleAtariCNN(RewardNet):
         # channel-first, Gymnasium's FrameStack gives (4, 84, 84); a channel-last
         # (84, 84, 4) space would silently mix pixels into channels.
         if len(shape) != 3 or shape[1:] != (ATARI_SIDE, ATARI_SIDE):
-            hint = " (it looks channel-last; transpose to (C, 84, 84))" if shape[:2] == (ATARI_SIDE, ATARI_SIDE) else ""
+            looks_last = shape[:2] == (ATARI_SIDE, ATARI_SIDE)
+            hint = " (it looks channel-last; transpose to (C, 84, 84))" if looks_last else ""
             raise PrefrlError(
                 f"the Atari reward CNN needs channel-first observations (C, {ATARI_SIDE}, {ATARI_SIDE}), "
                 f"got {shape}{hint}"
@@ -395,7 +398,7 @@ class EnsembleAtariCNN(RewardNet):
         super().__init__(observation_space, action_space, n_members)
         self.channels = shape[0]
         self.channels_last = bool(channels_last)
-        self.dropout = float(dropout)
+        self.dropout_prob = float(dropout)
         m, f = n_members, self.FILTERS
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
@@ -453,7 +456,7 @@ class EnsembleAtariCNN(RewardNet):
         m = self.n_members
         x = self._input(observations, shared)
         n = x.shape[0]
-        drop = self.training and self.dropout > 0.0
+        drop = self.training and self.dropout_prob > 0.0
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             weight, groups = conv.weight, m
             if i == 0:
@@ -464,7 +467,7 @@ class EnsembleAtariCNN(RewardNet):
             # In place: neither batch norm's nor the convolution's backward needs this output.
             x = F.leaky_relu_(norm(x), LEAKY_SLOPE)
             if drop:
-                x = dropout(x, self.dropout, self.dropout_generator)
+                x = dropout(x, self.dropout_prob, self.dropout_generator)
         # Canonical (member, channel, row, col) flattening, whatever the memory format.
         x = x.reshape(n, m, self.features).transpose(0, 1)
         x = F.leaky_relu(torch.baddbmm(self.fc_bias, x, self.fc_weight), LEAKY_SLOPE)
@@ -527,6 +530,90 @@ class _Label(NamedTuple):
         return self.pair.right
 
 
+class _LabelSet:
+    """A snapshot of the kept labels, replaced (never changed) when labels arrive.
+
+    Training reads one snapshot from start to end, so labels may arrive from another
+    thread meanwhile without shifting the indices under it.
+
+    :param labels: kept labels, oldest first
+    :param clip_length: steps of every clip
+    :param obs_shape: observation shape
+    :param obs_dtype: storage dtype of gathered observations (uint8 or float32)
+    :param want_actions: gather actions too
+    :param cache_bytes: copy the clips into contiguous arrays if they fit in this
+    """
+
+    def __init__(
+        self,
+        labels: list[_Label],
+        clip_length: int,
+        obs_shape: tuple[int, ...],
+        obs_dtype: type,
+        want_actions: bool,
+        cache_bytes: int,
+    ) -> None:
+        self.labels = labels
+        self.clip_length = clip_length
+        self.obs_shape = obs_shape
+        self.obs_dtype = obs_dtype
+        self.want_actions = want_actions
+        self.targets = torch.tensor([lab.target for lab in labels], dtype=torch.float32)
+        self.is_val = np.array([lab.is_val for lab in labels], dtype=bool)
+        size = 2 * len(labels) * clip_length * int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
+        self._use_cache = size <= cache_bytes
+        self._cache: tuple[np.ndarray, np.ndarray | None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _cached(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self._cache is None:
+            pairs = self.labels
+            obs = np.stack([np.stack((lab.left.observations, lab.right.observations)) for lab in pairs])
+            act = None
+            if self.want_actions:
+                act = np.stack([np.stack((lab.left.actions, lab.right.actions)) for lab in pairs])
+            self._cache = (obs.astype(self.obs_dtype, copy=False), act)
+        return self._cache
+
+    def gather(self, idx: np.ndarray, frames: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Observations and actions of labelled pairs.
+
+        :param idx: ``(M, B)`` label indices (each member its own)
+        :param frames: ``(M, B, k)`` step indices used for both clips of a pair, or None
+        :return: ``(M, B, 2, k, *obs_shape)`` observations and matching actions (or None)
+        """
+        if self._use_cache:
+            all_obs, all_act = self._cached()
+            if frames is None:
+                return all_obs[idx], (all_act[idx] if all_act is not None else None)
+            pick = (idx[:, :, None, None], np.arange(2)[None, None, :, None], frames[:, :, None, :])
+            return all_obs[pick], (all_act[pick] if all_act is not None else None)
+        # Large (image) label sets: copy only the frames of this minibatch out of the
+        # segments, so Atari labels are not held twice in memory. The loop runs over
+        # pairs but only moves memory; the network still sees one batch.
+        steps = self.clip_length if frames is None else frames.shape[-1]
+        flat = idx.reshape(-1)
+        flat_frames = None if frames is None else frames.reshape(len(flat), steps)
+        obs = np.empty((len(flat), 2, steps, *self.obs_shape), dtype=self.obs_dtype)
+        act: np.ndarray | None = None
+        for j, i in enumerate(flat.tolist()):
+            lab = self.labels[i]
+            sel = slice(None) if flat_frames is None else flat_frames[j]
+            obs[j, 0] = lab.left.observations[sel]
+            obs[j, 1] = lab.right.observations[sel]
+            if self.want_actions:
+                if act is None:
+                    act = np.empty((len(flat), 2, steps, *lab.left.actions.shape[1:]), dtype=lab.left.actions.dtype)
+                act[j, 0] = lab.left.actions[sel]
+                act[j, 1] = lab.right.actions[sel]
+        shape = (*idx.shape, 2, steps)
+        return obs.reshape(*shape, *self.obs_shape), (
+            act.reshape(*shape, *act.shape[3:]) if act is not None else None
+        )
+
+
 def _describe_space(space: spaces.Space) -> dict[str, Any]:
     """A plain description of a space, enough to rebuild it for the network."""
     if isinstance(space, spaces.Discrete):
@@ -547,6 +634,13 @@ def _space_from_description(desc: dict[str, Any]) -> spaces.Space:
     if dtype == np.uint8:
         return spaces.Box(0, 255, tuple(desc["shape"]), dtype=np.uint8)
     return spaces.Box(-np.inf, np.inf, tuple(desc["shape"]), dtype=dtype)
+
+
+def _net_view(desc: dict[str, Any]) -> tuple[Any, ...]:
+    """What of a space description the network depends on: kind, shape, image or not."""
+    if desc["kind"] == "box":
+        return ("box", tuple(desc["shape"]), desc["dtype"] == "uint8")
+    return (desc["kind"], desc["n"])
 
 
 @contextlib.contextmanager
@@ -580,7 +674,6 @@ class RewardModel:
         at most this many bytes (fast vectorised minibatch gathering for small
         observations); above it minibatches are gathered from the segments
         themselves, so Atari labels are not held twice in memory
-    :param device: torch device of the network
     """
 
     def __init__(
@@ -592,18 +685,16 @@ class RewardModel:
         channels_last: bool = True,
         inference_batch: int | None = None,
         cache_bytes: int = 256 * 2**20,
-        device: str | torch.device = "cpu",
     ) -> None:
         self.settings = settings
         self.observation_space = observation_space
         self.action_space = action_space
         self.seed = int(seed)
-        self.device = torch.device(device)
         self._rng = np.random.default_rng(self.seed)
         self._torch_generator = torch.Generator().manual_seed(self.seed)
         self.net = make_reward_net(
             observation_space, action_space, settings, generator=self._torch_generator, channels_last=channels_last
-        ).to(self.device)
+        )
         self.observation_shape = self.net.observation_shape
         self._image = observation_space.dtype == np.uint8
         self._obs_dtype = np.uint8 if self._image else np.float32
@@ -613,14 +704,15 @@ class RewardModel:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.learning_rate)
         self.l2 = float(settings.initial_l2)
         m = settings.ensemble_size
-        self.norm_mean = torch.zeros(m, device=self.device)
-        self.norm_std = torch.ones(m, device=self.device)
-        self._labels: list[_Label] = []
-        self._targets = torch.zeros(0)
-        self._is_val = np.zeros(0, dtype=bool)
-        self._cache: tuple[np.ndarray, np.ndarray | None] | None = None
-        self._clip_length = 0
+        self.norm_mean = torch.zeros(m)
+        self.norm_std = torch.ones(m)
+        self._data = self._label_set([], 0)
         self.train_calls = 0
+        # One lock for the network, the labels and the generators: training may run in
+        # a background thread while the env wrapper predicts and labels arrive. It is
+        # held per minibatch, so a prediction waits for at most one step.
+        self._lock = threading.RLock()
+        self.net.eval()  # the resting state: ready to predict
 
     # ---------------------------------------------------------------- properties
 
@@ -631,20 +723,25 @@ class RewardModel:
     @property
     def n_labels(self) -> int:
         """Labels kept (training and validation)."""
-        return len(self._labels)
+        return len(self._data)
 
     @property
     def n_train(self) -> int:
-        return int((~self._is_val).sum())
+        return int((~self._data.is_val).sum())
 
     @property
     def n_val(self) -> int:
-        return int(self._is_val.sum())
+        return int(self._data.is_val.sum())
 
     @property
     def labels(self) -> list[tuple[ClipPair, float, bool]]:
         """``(pair, target, is_validation)`` of each kept label, oldest first."""
-        return [(lab.pair, lab.target, lab.is_val) for lab in self._labels]
+        return [(lab.pair, lab.target, lab.is_val) for lab in self._data.labels]
+
+    def _label_set(self, labels: list[_Label], clip_length: int) -> _LabelSet:
+        return _LabelSet(
+            labels, clip_length, self.observation_shape, self._obs_dtype, self.net.uses_actions, self.cache_bytes
+        )
 
     # ---------------------------------------------------------------- labels
 
@@ -662,6 +759,12 @@ class RewardModel:
         usable = [p for p in prefs if p.choice is not Choice.CANT_TELL and p.choice.target is not None]
         if not usable:
             return 0
+        with self._lock:
+            return self._add(usable)
+
+    def _add(self, usable: list[Preference]) -> int:
+        old = self._data
+        clip_length = old.clip_length
         for pref in usable:
             length = len(pref.pair.left)
             if tuple(pref.pair.left.observations.shape[1:]) != self.observation_shape:
@@ -669,117 +772,66 @@ class RewardModel:
                     f"preference {pref.pair.pair_id!r}: observations {pref.pair.left.observations.shape[1:]} "
                     f"do not match the reward model's {self.observation_shape}"
                 )
-            if self._clip_length == 0:
-                self._clip_length = length
-            elif length != self._clip_length:
+            if clip_length == 0:
+                clip_length = length
+            elif length != clip_length:
                 raise PrefrlError(
                     f"preference {pref.pair.pair_id!r}: clip length {length} differs from the "
-                    f"{self._clip_length} steps of the earlier labels; use one task.clip_length per run"
+                    f"{clip_length} steps of the earlier labels; use one task.clip_length per run"
                 )
         n_new = len(usable)
-        wanted_val = round((len(self._labels) + n_new) * self.settings.validation_fraction) - self.n_val
+        wanted_val = round((len(old) + n_new) * self.settings.validation_fraction) - int(old.is_val.sum())
         n_new_val = min(max(wanted_val, 0), n_new)
         is_val = np.zeros(n_new, dtype=bool)
         is_val[self._rng.choice(n_new, size=n_new_val, replace=False)] = True
-        self._labels.extend(
+        labels = old.labels + [
             _Label(p.pair, float(p.choice.target), bool(v))  # type: ignore[arg-type]
             for p, v in zip(usable, is_val)
-        )
+        ]
         if self.settings.label_buffer_size > 0:
-            del self._labels[: max(0, len(self._labels) - self.settings.label_buffer_size)]
-        self._targets = torch.tensor([lab.target for lab in self._labels], dtype=torch.float32, device=self.device)
-        self._is_val = np.array([lab.is_val for lab in self._labels], dtype=bool)
-        self._cache = None
+            labels = labels[max(0, len(labels) - self.settings.label_buffer_size) :]
+        self._data = self._label_set(labels, clip_length)
         return n_new
-
-    def _label_bytes(self) -> int:
-        per_step = int(np.prod(self.observation_shape)) * np.dtype(self._obs_dtype).itemsize
-        return 2 * len(self._labels) * self._clip_length * per_step
-
-    def _gather(self, idx: np.ndarray, frames: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Observations and actions of labelled pairs, vectorised.
-
-        :param idx: ``(M, B)`` label indices (each member its own)
-        :param frames: ``(M, B, k)`` step indices used for both clips of a pair, or None
-        :return: ``(M, B, 2, k, *obs_shape)`` observations and matching actions (or None)
-        """
-        want_actions = self.net.uses_actions
-        if self._cache is None and self._label_bytes() <= self.cache_bytes:
-            obs = np.stack([np.stack((lab.left.observations, lab.right.observations)) for lab in self._labels])
-            act = (
-                np.stack([np.stack((lab.left.actions, lab.right.actions)) for lab in self._labels])
-                if want_actions
-                else None
-            )
-            self._cache = (obs.astype(self._obs_dtype, copy=False), act)
-        if self._cache is not None:
-            all_obs, all_act = self._cache
-            if frames is None:
-                return all_obs[idx], (all_act[idx] if all_act is not None else None)
-            pick = (idx[:, :, None, None], np.arange(2)[None, None, :, None], frames[:, :, None, :])
-            return all_obs[pick], (all_act[pick] if all_act is not None else None)
-        # Large (image) label sets: copy only the frames of this minibatch out of the
-        # segments. The loop runs over pairs but only moves memory; the network sees
-        # one batch.
-        steps = self._clip_length if frames is None else frames.shape[-1]
-        flat = idx.reshape(-1)
-        flat_frames = None if frames is None else frames.reshape(len(flat), steps)
-        obs = np.empty((len(flat), 2, steps, *self.observation_shape), dtype=self._obs_dtype)
-        act: np.ndarray | None = None
-        for j, i in enumerate(flat.tolist()):
-            lab = self._labels[i]
-            sel = slice(None) if flat_frames is None else flat_frames[j]
-            obs[j, 0] = lab.left.observations[sel]
-            obs[j, 1] = lab.right.observations[sel]
-            if want_actions:
-                if act is None:
-                    act = np.empty((len(flat), 2, steps, *lab.left.actions.shape[1:]), dtype=lab.left.actions.dtype)
-                act[j, 0] = lab.left.actions[sel]
-                act[j, 1] = lab.right.actions[sel]
-        shape = (*idx.shape, 2, steps)
-        return obs.reshape(*shape, *self.observation_shape), (
-            act.reshape(*shape, *act.shape[3:]) if act is not None else None
-        )
 
     def _actions_tensor(self, actions: np.ndarray | None) -> Tensor | None:
         if actions is None or not self.net.uses_actions:
             return None
         dtype = torch.long if self._discrete else torch.float32
-        return torch.as_tensor(np.ascontiguousarray(actions), device=self.device).to(dtype)
+        return torch.as_tensor(np.ascontiguousarray(actions)).to(dtype)
 
     def _obs_tensor(self, observations: np.ndarray) -> Tensor:
         # ascontiguousarray: views with negative strides (e.g. a flipped stack) are not
         # tensors; contiguous inputs are not copied.
-        return torch.as_tensor(np.ascontiguousarray(observations, dtype=self._obs_dtype), device=self.device)
+        return torch.as_tensor(np.ascontiguousarray(observations, dtype=self._obs_dtype))
 
-    def _pair_returns(self, idx: np.ndarray, frames: np.ndarray | None) -> tuple[Tensor, Tensor]:
+    def _pair_returns(self, data: _LabelSet, idx: np.ndarray, frames: np.ndarray | None) -> tuple[Tensor, Tensor]:
         """Raw predicted returns ``(M, B)`` of the left and right clips, one net call.
 
         With a frame subset the sum over ``k`` frames is scaled by ``T / k`` so that it
         estimates the full clip's return.
         """
-        obs, act = self._gather(idx, frames)
+        obs, act = data.gather(idx, frames)
         m, b, _, k = obs.shape[:4]
         out = self.net(
             self._obs_tensor(obs).reshape(m, b * 2 * k, *self.observation_shape),
             None if act is None else self._actions_tensor(act).reshape(m, b * 2 * k, *act.shape[4:]),
         )
         sums = out.reshape(m, b, 2, k).sum(-1)
-        if k != self._clip_length:
-            sums = sums * (self._clip_length / k)
+        if k != data.clip_length:
+            sums = sums * (data.clip_length / k)
         return sums[..., 0], sums[..., 1]
 
-    def _draw_frames(self, shape: tuple[int, int]) -> np.ndarray | None:
+    def _draw_frames(self, shape: tuple[int, int], clip_length: int) -> np.ndarray | None:
         k = self.settings.frames_per_clip
-        if k <= 0 or k >= self._clip_length:
+        if k <= 0 or k >= clip_length:
             return None
         # k distinct steps per pair (shared by its two clips), independent across pairs.
-        return np.argsort(self._rng.random((*shape, self._clip_length)), axis=-1)[..., :k]
+        return np.argsort(self._rng.random((*shape, clip_length)), axis=-1)[..., :k]
 
     # ---------------------------------------------------------------- training
 
     def _penalty(self) -> Tensor:
-        return sum((p.square().sum() for p in self.net.penalised_parameters()), torch.zeros((), device=self.device))
+        return sum((p.square().sum() for p in self.net.penalised_parameters()), torch.zeros(()))
 
     def train(self, epochs: int | None = None) -> dict[str, float]:
         """Fit the ensemble to the kept labels, then adapt the L2 strength.
@@ -801,8 +853,9 @@ class RewardModel:
         s = self.settings
         epochs = s.epochs_per_update if epochs is None else int(epochs)
         m = self.n_members
-        train_idx = np.flatnonzero(~self._is_val)
-        val_idx = np.flatnonzero(self._is_val)
+        data = self._data  # one snapshot for the whole call
+        train_idx = np.flatnonzero(~data.is_val)
+        val_idx = np.flatnonzero(data.is_val)
         n_train = len(train_idx)
         l2_used = self.l2
         fit_loss = math.nan
@@ -812,27 +865,30 @@ class RewardModel:
         if n_train > 0 and epochs > 0:
             boot = train_idx[self._rng.integers(0, n_train, size=(m, n_train))]
             fit_start = time.perf_counter()
-            with _mode(self.net, True):
-                for _ in range(epochs):
-                    order = self._rng.permuted(boot, axis=1)
-                    losses = []
-                    for start in range(0, n_train, s.batch_size):
-                        idx = order[:, start : start + s.batch_size]
-                        left, right = self._pair_returns(idx, self._draw_frames(idx.shape))
-                        data_loss = preference_loss(left, right, self._targets[torch.as_tensor(idx)], s.random_answer_prob)
+            for _ in range(epochs):
+                order = self._rng.permuted(boot, axis=1)
+                losses = []
+                for start in range(0, n_train, s.batch_size):
+                    idx = order[:, start : start + s.batch_size]
+                    frames = self._draw_frames(idx.shape, data.clip_length)
+                    with self._lock, _mode(self.net, True):
+                        left, right = self._pair_returns(data, idx, frames)
+                        targets = data.targets[torch.as_tensor(idx)]
+                        data_loss = preference_loss(left, right, targets, s.random_answer_prob)
                         # data_loss averages over members, so the summed penalty is
                         # divided by M to keep each member's own balance.
                         loss = data_loss + (self.l2 / m) * self._penalty()
                         self.optimizer.zero_grad(set_to_none=True)
                         loss.backward()
                         self.optimizer.step()
-                        losses.append(float(data_loss.detach()))
-                        steps += 1
-                    fit_loss = float(np.mean(losses))
+                    losses.append(float(data_loss.detach()))
+                    steps += 1
+                fit_loss = float(np.mean(losses))
             fit_seconds = time.perf_counter() - fit_start
         elif n_train > 0:
             boot = train_idx[self._rng.integers(0, n_train, size=(m, n_train))]
-        train_loss, val_loss, val_accuracy = self._evaluate(boot, val_idx)
+        with self._lock:
+            train_loss, val_loss, val_accuracy = self._evaluate(data, boot, val_idx)
         self.l2 = adapt_l2(self.l2, train_loss, val_loss, s.l2_ratio_low, s.l2_ratio_high)
         self.train_calls += 1
         return {
@@ -850,32 +906,33 @@ class RewardModel:
         }
 
     @torch.no_grad()
-    def _evaluate(self, boot: np.ndarray, val_idx: np.ndarray) -> tuple[float, float, float]:
+    def _evaluate(self, data: _LabelSet, boot: np.ndarray, val_idx: np.ndarray) -> tuple[float, float, float]:
         """In-bag training loss, validation loss and accuracy, eval mode, all frames.
 
-        The training loss uses each member's own bootstrap sample (in-bag labels, a
-        subsample as large as the validation set, at least one minibatch), so that
-        ``val_loss / train_loss`` measures each member's overfitting.
+        The training loss uses each member's own bootstrap sample (in-bag labels; a
+        subsample as large as the validation set, at least one minibatch, at most
+        ``MAX_INBAG_EVAL_PAIRS``), so that ``val_loss / train_loss`` measures each
+        member's overfitting.
         """
         s = self.settings
         train_loss = val_loss = val_accuracy = math.nan
         with _mode(self.net, False):
             if boot.shape[1] > 0:
-                size = min(boot.shape[1], max(len(val_idx), s.batch_size))
+                size = min(boot.shape[1], max(min(len(val_idx), MAX_INBAG_EVAL_PAIRS), s.batch_size))
                 cols = self._rng.choice(boot.shape[1], size=size, replace=False)
                 idx = boot[:, cols]
                 total = 0.0
                 for start in range(0, size, s.batch_size):
                     chunk = idx[:, start : start + s.batch_size]
-                    left, right = self._pair_returns(chunk, None)
-                    loss = preference_loss(left, right, self._targets[torch.as_tensor(chunk)], s.random_answer_prob)
+                    left, right = self._pair_returns(data, chunk, None)
+                    loss = preference_loss(left, right, data.targets[torch.as_tensor(chunk)], s.random_answer_prob)
                     total += float(loss) * chunk.shape[1]
                 train_loss = total / size
             if len(val_idx) > 0:
-                segments = [self._labels[i].left for i in val_idx] + [self._labels[i].right for i in val_idx]
+                segments = [data.labels[i].left for i in val_idx] + [data.labels[i].right for i in val_idx]
                 returns = self._segment_raw_returns(segments)
                 left, right = returns[:, : len(val_idx)], returns[:, len(val_idx) :]
-                targets = self._targets[torch.as_tensor(val_idx)]
+                targets = data.targets[torch.as_tensor(val_idx)]
                 val_loss = float(preference_loss(left, right, targets, s.random_answer_prob))
                 prob = preference_probability(left, right, s.random_answer_prob).mean(0)
                 decided = targets != 0.5
@@ -897,8 +954,8 @@ class RewardModel:
         n = len(observations)
         if self.net.uses_actions and actions is None:
             raise PrefrlError("reward model: this model needs actions beside the observations")
-        out = torch.empty(self.n_members, n, device=self.device)
-        with _mode(self.net, False):
+        out = torch.empty(self.n_members, n)
+        with self._lock, _mode(self.net, False):
             for start in range(0, n, self.inference_batch):
                 stop = start + self.inference_batch
                 out[:, start:stop] = self.net(
@@ -907,8 +964,11 @@ class RewardModel:
                 )
         return out
 
-    def _normalise(self, raw: Tensor) -> Tensor:
-        return (raw - self.norm_mean[:, None]) / self.norm_std[:, None] * self.settings.output_std
+    def _normalised_rewards(self, observations: np.ndarray, actions: np.ndarray | None) -> Tensor:
+        """``(M, N)`` normalised rewards (weights and statistics of the same moment)."""
+        with self._lock:
+            raw = self._raw_rewards(observations, actions)
+            return (raw - self.norm_mean[:, None]) / self.norm_std[:, None] * self.settings.output_std
 
     def member_rewards(self, observations: np.ndarray, actions: np.ndarray | None = None) -> np.ndarray:
         """Normalised reward of every member for each step.
@@ -917,7 +977,7 @@ class RewardModel:
         :param actions: ``(N, *action_shape)`` (``(N,)`` for discrete actions)
         :return: ``(M, N)`` float32
         """
-        return self._normalise(self._raw_rewards(observations, actions)).cpu().numpy().astype(np.float32)
+        return self._normalised_rewards(observations, actions).numpy().astype(np.float32)
 
     def predict(self, observations: np.ndarray, actions: np.ndarray | None = None) -> np.ndarray:
         """The learned reward: mean over members of the normalised rewards.
@@ -927,10 +987,12 @@ class RewardModel:
         :param actions: ``(N, *action_shape)`` (``(N,)`` for discrete actions)
         :return: ``(N,)`` float32
         """
-        return self._normalise(self._raw_rewards(observations, actions)).mean(0).cpu().numpy().astype(np.float32)
+        return self._normalised_rewards(observations, actions).mean(0).numpy().astype(np.float32)
 
     @torch.no_grad()
-    def update_normalization(self, observations: np.ndarray, actions: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def update_normalization(
+        self, observations: np.ndarray, actions: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Fit each member's output normalisation on a sample of recent inputs.
 
         Afterwards each member's rewards on these inputs have mean 0 and standard
@@ -940,35 +1002,29 @@ class RewardModel:
         :param actions: matching actions
         :return: per-member raw ``(mean, std)``
         """
-        raw = self._raw_rewards(observations, actions)
-        if raw.shape[1] == 0:
+        if len(observations) == 0:
             raise PrefrlError("update_normalization needs at least one input step")
-        self.norm_mean = raw.mean(1)
-        # A constant member (e.g. before training) must not divide by zero.
-        self.norm_std = raw.std(1, unbiased=False).clamp_min(1e-8)
-        return self.norm_mean.cpu().numpy(), self.norm_std.cpu().numpy()
+        with self._lock:
+            raw = self._raw_rewards(observations, actions)
+            self.norm_mean = raw.mean(1)
+            # A constant member (e.g. before training) must not divide by zero.
+            self.norm_std = raw.std(1, unbiased=False).clamp_min(1e-8)
+            return self.norm_mean.numpy().copy(), self.norm_std.numpy().copy()
 
     def _segment_raw_returns(self, segments: Sequence[Segment]) -> Tensor:
         """``(M, K)`` raw returns; segments are concatenated and run in chunks."""
         m = self.n_members
-        result = torch.empty(m, len(segments), device=self.device)
+        result = torch.empty(m, len(segments))
         lengths = np.array([len(seg) for seg in segments], dtype=np.int64)
-        # Chunks of whole segments of at most inference_batch frames (at least one segment).
-        start = 0
-        while start < len(segments):
-            stop = start + 1
-            frames = lengths[start]
-            while stop < len(segments) and frames + lengths[stop] <= self.inference_batch:
-                frames += lengths[stop]
-                stop += 1
-            chunk = segments[start:stop]
+        # Chunks of whole segments, about inference_batch frames each (at least one segment).
+        per_chunk = max(1, self.inference_batch // int(lengths.max()))
+        for start in range(0, len(segments), per_chunk):
+            chunk = segments[start : start + per_chunk]
             obs = np.concatenate([seg.observations for seg in chunk])
             act = np.concatenate([seg.actions for seg in chunk]) if self.net.uses_actions else None
             raw = self._raw_rewards(obs, act)
-            owner = torch.as_tensor(np.repeat(np.arange(len(chunk)), lengths[start:stop]), device=self.device)
-            sums = torch.zeros(m, len(chunk), device=self.device).index_add_(1, owner, raw)
-            result[:, start:stop] = sums
-            start = stop
+            owner = torch.as_tensor(np.repeat(np.arange(len(chunk)), lengths[start : start + per_chunk]))
+            result[:, start : start + len(chunk)] = torch.zeros(m, len(chunk)).index_add_(1, owner, raw)
         return result
 
     def segment_returns(self, segments: Sequence[Segment]) -> np.ndarray:
@@ -979,11 +1035,12 @@ class RewardModel:
         """
         if not segments:
             return np.zeros((self.n_members, 0), dtype=np.float32)
-        raw = self._segment_raw_returns(segments)
-        lengths = torch.as_tensor([len(seg) for seg in segments], dtype=torch.float32, device=self.device)
-        # Sum of normalised steps = (raw sum - T * mean) / std * output_std.
-        normalised = (raw - lengths[None, :] * self.norm_mean[:, None]) / self.norm_std[:, None]
-        return (normalised * self.settings.output_std).cpu().numpy().astype(np.float32)
+        lengths = torch.as_tensor([len(seg) for seg in segments], dtype=torch.float32)
+        with self._lock:
+            raw = self._segment_raw_returns(segments)
+            # Sum of normalised steps = (raw sum - T * mean) / std * output_std.
+            normalised = (raw - lengths[None, :] * self.norm_mean[:, None]) / self.norm_std[:, None]
+        return (normalised * self.settings.output_std).numpy().astype(np.float32)
 
     def preference_probabilities(self, pairs: Sequence[ClipPair]) -> np.ndarray:
         """Each member's probability that the labeller prefers the left clip.
@@ -1000,12 +1057,16 @@ class RewardModel:
         returns = self._segment_raw_returns([p.left for p in pairs] + [p.right for p in pairs])
         n = len(pairs)
         prob = preference_probability(returns[:, :n], returns[:, n:], self.settings.random_answer_prob)
-        return prob.cpu().numpy().astype(np.float32)
+        return prob.numpy().astype(np.float32)
 
     # ---------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to restore predictions and continue training (not labels)."""
+        """Everything needed to restore predictions and continue training (not labels).
+
+        Like ``nn.Module.state_dict`` the tensors are the live ones; :meth:`save` writes
+        them under the model's lock.
+        """
         return {
             "format": CHECKPOINT_FORMAT,
             "settings": dataclasses.asdict(self.settings),
@@ -1019,6 +1080,7 @@ class RewardModel:
             "train_calls": self.train_calls,
             "seed": self.seed,
             "rng_state": self._rng.bit_generator.state,
+            "torch_generator_state": self._torch_generator.get_state(),
             "channels_last": bool(getattr(self.net, "channels_last", False)),
         }
 
@@ -1027,7 +1089,8 @@ class RewardModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state_dict(), tmp)
+        with self._lock:
+            torch.save(self.state_dict(), tmp)
         tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint
 
     @staticmethod
@@ -1049,14 +1112,14 @@ class RewardModel:
             another network
         """
         state = self._read(path)
-        saved_obs = tuple(state["observation_space"].get("shape", ()))
-        if state["observation_space"] != _describe_space(self.observation_space):
+        saved_obs = state["observation_space"]
+        if _net_view(saved_obs) != _net_view(_describe_space(self.observation_space)):
             raise PrefrlError(
-                f"reward checkpoint '{path}' is for observations {saved_obs} "
-                f"({state['observation_space'].get('dtype')}), this model has {self.observation_shape} "
+                f"reward checkpoint '{path}' is for observations {tuple(saved_obs.get('shape', ()))} "
+                f"({saved_obs.get('dtype')}), this model has {self.observation_shape} "
                 f"({np.dtype(self.observation_space.dtype).name})"
             )
-        if state["action_space"] != _describe_space(self.action_space):
+        if _net_view(state["action_space"]) != _net_view(_describe_space(self.action_space)):
             raise PrefrlError(
                 f"reward checkpoint '{path}' is for actions {state['action_space']}, "
                 f"this model has {_describe_space(self.action_space)}"
@@ -1067,21 +1130,24 @@ class RewardModel:
             theirs = tuple(saved[key]) if isinstance(mine, tuple) else saved[key]
             if theirs != mine:
                 raise PrefrlError(f"reward checkpoint '{path}' has reward.{key} = {theirs!r}, this model {mine!r}")
-        self.net.load_state_dict(state["net"])
-        if self.settings.learning_rate == saved["learning_rate"]:
+        with self._lock:
+            self.net.load_state_dict(state["net"])
             self.optimizer.load_state_dict(state["optimizer"])
-        self.norm_mean = state["norm_mean"].to(self.device)
-        self.norm_std = state["norm_std"].to(self.device)
-        self.l2 = float(state["l2"])
-        self.train_calls = int(state["train_calls"])
-        self._rng.bit_generator.state = state["rng_state"]
+            for group in self.optimizer.param_groups:  # the preset's step size wins
+                group["lr"] = self.settings.learning_rate
+            self.norm_mean = state["norm_mean"]
+            self.norm_std = state["norm_std"]
+            self.l2 = float(state["l2"])
+            self.train_calls = int(state["train_calls"])
+            self._rng.bit_generator.state = state["rng_state"]
+            self._torch_generator.set_state(state["torch_generator_state"])
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kwargs: Any) -> "RewardModel":
         """Build a model from a checkpoint alone (spaces and settings are stored in it).
 
         :param path: a file written by :meth:`save`
-        :param kwargs: further constructor arguments (``device``, ``inference_batch``)
+        :param kwargs: further constructor arguments (``inference_batch``, ``cache_bytes``)
         """
         state = cls._read(path)
         fields = {f.name for f in dataclasses.fields(RewardSettings)}

@@ -38,6 +38,11 @@ class Teacher(abc.ABC):
     answer "can't tell" (the trainer drops those).
     """
 
+    #: The answers are already in the label store when :meth:`answers` returns them
+    #: (the human teacher reads them from there), so the trainer must not record them
+    #: again: re-recording could bring back a label a person just undid.
+    answers_in_store: bool = False
+
     @abc.abstractmethod
     def ask(self, pairs: Sequence[ClipPair], step: int) -> None:
         """Hand over queries.
@@ -257,6 +262,7 @@ class HumanTeacher(Teacher):
     """
 
     labeller = "human"
+    answers_in_store = True
 
     def __init__(self, store: LabelStore, settle_seconds: float = 3.0, keep_frames: bool = False) -> None:
         if settle_seconds < 0:

@@ -370,7 +370,8 @@ def train(
         reward_model = RewardModel(venv.observation_space, venv.action_space, preset.reward, seed=seed)
         learned_env = LearnedRewardVecEnv(recorder, reward_model.predict)
         venv = learned_env
-        teacher = make_teacher(teacher_kind, preset.teacher, seed, preset.task.termination_penalty)
+        # The termination penalty is already in the recorded (training) reward: see envs.py.
+        teacher = make_teacher(teacher_kind, preset.teacher, seed, termination_penalty=0.0)
         paths.clips_dir.mkdir(parents=True, exist_ok=True)
         store = LabelStore(paths.clips_dir, task)
         schedule = LabelSchedule(preset.labels.budget, preset.labels.initial_labels,

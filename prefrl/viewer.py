@@ -48,6 +48,8 @@ from prefrl.labels import Choice, LabelStore
 def import_pygame() -> ModuleType:
     """pygame, imported on first use, with a one-line error when it is missing."""
     os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+    # X11 WM_CLASS "prefrl" (pygame would use the script's name), so window tools find us.
+    os.environ.setdefault("SDL_VIDEO_X11_WMCLASS", "prefrl")
     try:
         import pygame
     except ImportError:
@@ -144,7 +146,7 @@ class Layout:
         )
 
 
-def clip_box(info: RenderInfo, atari_scale: int = 3, mujoco_scale: float = 2.0,
+def clip_box(info: RenderInfo, atari_scale: int = 3, mujoco_scale: float = 1.5,
              screen: tuple[int, int] | None = None) -> tuple[int, int]:
     """Size of each clip on screen: Atari ``atari_scale``x (at least 2x, smaller only if
     the screen is too small for it), MuJoCo renders ``mujoco_scale``x, plots 480x480."""
@@ -249,7 +251,7 @@ class LabelViewer:
         lease_seconds: float = 60.0,
         poll_seconds: float = 0.5,
         atari_scale: int = 3,
-        mujoco_scale: float = 2.0,
+        mujoco_scale: float = 1.5,
         fps_cap: int = 60,
         loop_pause: float = 0.5,
         event_log: TextIO | None = None,
@@ -296,6 +298,8 @@ class LabelViewer:
         self._help_items: list[tuple[tuple[int, int, int, int], Action]] = []
         self._was_waiting = False
         self._header_free = (0, 0)
+        self._announce: str | None = None
+        self._drawn: tuple[Any, ...] | None = None  # signature of the frame on screen
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -304,17 +308,36 @@ class LabelViewer:
         pg = import_pygame()
         self._pg = pg
         self._store = LabelStore(self.clips_dir, self.task)
+        no_display = "cannot open a window (no display found); run the viewer on a desktop (DISPLAY set), " \
+                     "or over ssh -X, or under xvfb-run"
+        if sys.platform.startswith("linux") and not (
+            os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or os.environ.get("SDL_VIDEODRIVER")
+        ):
+            self.close()
+            raise PrefrlError(no_display)  # before SDL probes Wayland and prints its own noise
         # Only the display and fonts: no audio (no ALSA noise, no sound card needed).
-        pg.display.init()
+        try:
+            pg.display.init()
+        except pg.error as exc:
+            self.close()
+            raise PrefrlError(
+                f"cannot open a window ({exc}); run the viewer on a desktop (DISPLAY set), "
+                "or over ssh -X, or under xvfb-run"
+            ) from None
+        headless = pg.display.get_driver() in ("dummy", "offscreen")
+        if headless and os.environ.get("SDL_VIDEODRIVER", "") not in ("dummy", "offscreen"):
+            # SDL fell back to drawing into memory: a window nobody could see.
+            self.close()
+            raise PrefrlError(no_display)
         pg.font.init()
         # The dummy/offscreen drivers (tests, screenshots) report a made-up 1024x768 desktop.
         screen = None
-        if pg.display.get_driver() not in ("dummy", "offscreen"):
+        if not headless:
             sizes = pg.display.get_desktop_sizes()
             screen = sizes[0] if sizes and min(sizes[0]) > 0 else None
         box = clip_box(self.info, self.atari_scale, self.mujoco_scale, screen)
         self._layout = Layout.for_box(box)
-        pg.display.set_caption(f"prefrl label · {self.task}")
+        pg.display.set_caption(f"prefrl label - {self.task}")  # ASCII: some X tools misread UTF-8 titles
         self._screen = pg.display.set_mode((self._layout.width, self._layout.height))
         self._text = _Text(pg)
         self._keys = key_actions(pg)
@@ -407,9 +430,31 @@ class LabelViewer:
             for message in self.prefetcher.errors():
                 self._say(message, self.theme.error, seconds=6.0)
             self._refresh_counts(now)
-            self.draw(now)
-            pg.display.flip()
+            # Redraw only when the picture changes (clips run at 15-30 fps, the loop at
+            # 60): a full-window flip costs real CPU, which the trainer next door needs.
+            signature = self._frame_signature(now)
+            if signature != self._drawn:
+                self.draw(now)
+                pg.display.flip()
+                self._drawn = signature
+            if self._announce is not None:
+                self._log("shown", pair=self._announce)
+                self._announce = None
         return not self.quitting
+
+    def _frame_signature(self, now: float) -> tuple[Any, ...]:
+        """Everything the next frame depends on; equal signatures draw equal frames."""
+        shown = self.current
+        flash = None
+        if self._flash is not None and 0 <= now - self._flash[1] < self.FLASH_SECONDS:
+            flash = int((now - self._flash[1]) * 30)  # the fade, in 30 steps a second
+        toast = self._toast.text if self._toast is not None and time.monotonic() <= self._toast.until else None
+        return (
+            shown.pair_id if shown is not None else None,
+            self.frame_index(now) if shown is not None else int(now * 20),  # clip frame, or spinner
+            flash, toast, tuple(self._counts.values()), self.session_labels, self._awaiting,
+            self._action_at(self._mouse), self.prefetcher.preparing,
+        )
 
     def handle_event(self, event: Any) -> None:
         """React to one pygame event (keys, clicks, window close)."""
@@ -449,6 +494,10 @@ class LabelViewer:
         shown = self.current
         if shown is None:
             self._say("no pair on screen yet: nothing to answer", self.theme.warn)
+            return
+        if self._announce == shown.pair_id:
+            # Two keys in one frame: the second would label a pair nobody has seen yet.
+            self._say("that pair was not on screen yet: look, then answer", self.theme.warn)
             return
         try:
             # Committed (fsync'd) before anything else happens: kill -9 after this line
@@ -519,7 +568,7 @@ class LabelViewer:
         self._shown_at = now
         self._was_waiting = False
         self.pairs_shown += 1
-        self._log("shown", pair=prepared.pair_id)
+        self._announce = prepared.pair_id  # logged once it is really on screen (after the flip)
 
     def _refresh_counts(self, now: float, force: bool = False) -> None:
         if force or now - self._counts_at >= 0.5:
@@ -654,16 +703,22 @@ class LabelViewer:
         pg.draw.circle(self._screen, theme.faint, (cx, cy - 50), 22, 4)
         pg.draw.arc(self._screen, theme.left, (cx - 22, cy - 72, 44, 44), angle, angle + 1.8, 4)
         c = self._counts
+        dots = text.sym("…", "...")
+        preparing = self.prefetcher.preparing
         if self._awaiting is not None:
-            headline, detail = f"loading pair {self._awaiting}{text.sym('…', '...')}", "it comes back in a moment"
-        elif c["pending"] > c["leased"]:
-            headline, detail = f"preparing the next clips{text.sym('…', '...')}", "rendering clips for the screen"
+            headline, detail = f"loading pair {self._awaiting}{dots}", "it comes back in a moment"
+        elif preparing is not None:
+            what = "rendering the clips" if self.info.domain == "mujoco" else "loading the clips"
+            headline, detail = f"preparing the next pair{dots}", f"{what} of pair {preparing}"
+        elif not self.prefetcher.idle:
+            headline, detail = f"looking for clip pairs{dots}", "reading the label store"
         else:
-            headline = f"waiting for new clips{text.sym('…', '...')}"
+            headline = f"waiting for new clips{dots}"
             if c["pairs"] and not c["pending"]:
-                detail = f"all {c['pairs']} pairs are labelled; the trainer adds more as it runs"
+                detail = f"all {_plural(c['pairs'], 'pair')} labelled; the trainer adds more as it runs"
             elif c["pending"]:
-                detail = f"the {c['pending']} pending pairs are on other viewers' screens"
+                detail = f"the {_plural(c['pending'], 'pending pair')} {'is' if c['pending'] == 1 else 'are'} " \
+                         "on other viewers' screens"
             else:
                 detail = "no clip pairs yet; the trainer adds them as it runs"
         self._blit(text.render(headline, "big", theme.text, bold=True), cx, cy, "midtop")
@@ -742,6 +797,10 @@ def _inside(pos: tuple[int, int], rect: tuple[int, int, int, int]) -> bool:
 def _mix(color: tuple[int, int, int], other: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
     """``amount`` of ``color`` and the rest of ``other``."""
     return tuple(round(a * amount + b * (1 - amount)) for a, b in zip(color, other))  # type: ignore[return-value]
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
 
 
 def _describe(choice: Choice) -> str:

@@ -90,7 +90,9 @@ def main() -> None:
     atari_space = spaces.Box(0, 255, (4, 84, 84), np.uint8)
     n_pairs = 24 if args.quick else 64
     atari_prefs = random_prefs(rng, n_pairs, 25, (4, 84, 84), image=True, action_dim=None)
-    base = RewardSettings(architecture="atari_cnn", ensemble_size=3, batch_size=16, output_std=0.05, validation_fraction=0.0)
+    base = RewardSettings(
+        architecture="atari_cnn", ensemble_size=3, batch_size=16, output_std=0.05, validation_fraction=0.0
+    )
     variants = [
         ("all 25 frames", base, True),
         ("all 25 frames", base, False),
@@ -99,7 +101,11 @@ def main() -> None:
         ("all frames, no BN/dropout", dataclasses.replace(base, batch_norm=False, dropout=0.0), True),
     ]
     for label, settings, channels_last in variants:
-        model = RewardModel(atari_space, spaces.Discrete(6), settings, seed=0, channels_last=channels_last)
+        # cache_bytes=0: minibatches are copied out of the segments, as in a real Atari
+        # run, whose thousands of labelled clips are far above the cache limit.
+        model = RewardModel(
+            atari_space, spaces.Discrete(6), settings, seed=0, channels_last=channels_last, cache_bytes=0
+        )
         model.add_preferences(atari_prefs)
         rate = training_rate(model, repeats=2 if args.quick else 3)
         fmt = "channels_last" if channels_last else "contiguous"
@@ -133,7 +139,10 @@ def main() -> None:
     rows.append(("MLP x3 predict, 8 envs", f"batch of {steps} steps", f"{batch:8.3f} ms/vec step"))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {load:.2f}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+        f"load average {load:.2f} (other processes slow every figure down)"
+    )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     header = ("what", "variant", "cost")
     widths = [max(w, len(h)) for w, h in zip(widths, header)]

@@ -19,6 +19,7 @@ from prefrl.reward import (
     EnsembleMLP,
     RewardModel,
     adapt_l2,
+    dropout,
     make_reward_net,
     preference_loss,
     preference_probability,
@@ -66,7 +67,8 @@ def make_prefs(rng: np.random.Generator, n: int, length: int = 10, choice=oracle
 
 def make_atari_segment(rng: np.random.Generator, length: int = 3) -> Segment:
     obs = rng.integers(0, 256, size=(length, 4, 84, 84), dtype=np.uint8)
-    return Segment(obs, rng.integers(0, 6, size=length), rng.normal(size=length).astype(np.float32), np.zeros(length, bool))
+    actions = rng.integers(0, 6, size=length)
+    return Segment(obs, actions, rng.normal(size=length).astype(np.float32), np.zeros(length, bool))
 
 
 def state_equal(a: dict, b: dict) -> bool:
@@ -134,6 +136,22 @@ def test_adapt_l2_directions():
 # ---------------------------------------------------------------------- batched nets
 
 
+def test_dropout_masks_scales_and_is_reproducible():
+    x = torch.ones(64, 16, 10, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    y = dropout(x, 0.25, torch.Generator().manual_seed(0))
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.01
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / 0.75))
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / 0.75)  # gradient flows through kept units only
+    again = dropout(x.detach(), 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(again, y.detach())
+    assert dropout(x, 0.0) is x
+
+
+
+
 def member_mlp(net: EnsembleMLP, m: int) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i, (w, b) in enumerate(zip(net.weights, net.biases)):
@@ -148,7 +166,8 @@ def member_mlp(net: EnsembleMLP, m: int) -> nn.Sequential:
 
 @pytest.mark.parametrize("action_space", [ACT_SPACE, spaces.Discrete(5)])
 def test_mlp_ensemble_equals_member_by_member(action_space):
-    net = EnsembleMLP(OBS_SPACE, action_space, n_members=3, hidden_sizes=(16, 8), generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    net = EnsembleMLP(OBS_SPACE, action_space, n_members=3, hidden_sizes=(16, 8), generator=gen)
     obs = torch.randn(3, 7, OBS_DIM)
     if isinstance(action_space, spaces.Discrete):
         act = torch.randint(0, 5, (3, 7))
@@ -240,7 +259,8 @@ def test_cnn_refuses_channel_last_observations():
 
 
 def test_cnn_does_not_mix_channels():
-    model = RewardModel(ATARI_SPACE, spaces.Discrete(6), RewardSettings(architecture="atari_cnn", ensemble_size=2), seed=0)
+    settings = RewardSettings(architecture="atari_cnn", ensemble_size=2)
+    model = RewardModel(ATARI_SPACE, spaces.Discrete(6), settings, seed=0)
     rng = np.random.default_rng(0)
     obs = rng.integers(0, 256, size=(3, 4, 84, 84), dtype=np.uint8)
     reward = model.predict(obs)
@@ -289,10 +309,10 @@ def test_frame_subset_returns_are_scaled_sums(cache_bytes):
     idx = np.array([[0, 3], [5, 5], [2, 1]])
     frames = np.array([[[0, 4, 9], [1, 2, 3]], [[7, 8, 9], [0, 1, 2]], [[5, 0, 6], [9, 1, 4]]])
     with torch.no_grad():
-        left, right = model._pair_returns(idx, frames)
+        left, right = model._pair_returns(model._data, idx, frames)
     for m in range(3):
         for j in range(2):
-            lab = model._labels[idx[m, j]]
+            lab = model._data.labels[idx[m, j]]
             for side, got in ((lab.left, left), (lab.right, right)):
                 with torch.no_grad():
                     raw = model.net(torch.as_tensor(side.observations), torch.as_tensor(side.actions))[m]
@@ -309,7 +329,7 @@ def test_gathering_from_segments_equals_the_cache():
     for model in (a, b):
         model.add_preferences(prefs)
         model.train(2)
-    assert a._cache is not None and b._cache is None
+    assert a._data._use_cache and not b._data._use_cache
     assert state_equal(a.net.state_dict(), b.net.state_dict())
 
 
@@ -328,7 +348,7 @@ def test_same_seed_same_weights_different_seed_different():
     (a, metrics_a), (b, metrics_b), (c, _) = run(7), run(7), run(8)
     assert state_equal(a.net.state_dict(), b.net.state_dict())
     assert metrics_a["val_loss"] == metrics_b["val_loss"]
-    assert [lab.is_val for lab in a._labels] == [lab.is_val for lab in b._labels]
+    assert [v for _, _, v in a.labels] == [v for _, _, v in b.labels]
     assert not state_equal(a.net.state_dict(), c.net.state_dict())
 
 
@@ -412,6 +432,30 @@ def test_l2_grows_when_overfitting():
     assert metrics["l2"] == pytest.approx(10.0 / 1.5)
 
 
+def test_training_in_a_thread_while_predicting_and_labelling():
+    """The training loop may fit the reward in the background while PPO asks for rewards."""
+    import threading
+
+    rng = np.random.default_rng(15)
+    model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
+    model.add_preferences(make_prefs(rng, 100))
+    later = make_prefs(rng, 50)
+    obs = rng.normal(size=(16, OBS_DIM)).astype(np.float32)
+    act = rng.uniform(-1, 1, size=(16, ACT_DIM)).astype(np.float32)
+    results: list[dict] = []
+    worker = threading.Thread(target=lambda: results.append(model.train(20)))
+    worker.start()
+    predictions = 0
+    while worker.is_alive() or predictions < 2:
+        assert np.isfinite(model.predict(obs, act)).all()
+        if predictions == 1:
+            model.add_preferences(later)  # arrives mid-training: used from the next call
+        predictions += 1
+    worker.join()
+    assert results and results[0]["n_train"] + results[0]["n_val"] == 100
+    assert model.n_labels == 150 and not model.net.training
+
+
 # ---------------------------------------------------------------------- prediction
 
 
@@ -433,7 +477,19 @@ def test_normalisation_gives_mean_zero_and_output_std():
     segments = [make_segment(rng) for _ in range(5)]
     returns = model.segment_returns(segments)
     for k, seg in enumerate(segments):
-        np.testing.assert_allclose(returns[:, k], model.member_rewards(seg.observations, seg.actions).sum(1), rtol=1e-4, atol=1e-5)
+        expected = model.member_rewards(seg.observations, seg.actions).sum(1)
+        np.testing.assert_allclose(returns[:, k], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_segment_returns_of_mixed_lengths_across_chunks():
+    rng = np.random.default_rng(14)
+    model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0, inference_batch=8)
+    segments = [make_segment(rng, length) for length in (3, 5, 7, 2, 8, 1)]
+    returns = model.segment_returns(segments)
+    assert returns.shape == (3, 6)
+    for k, seg in enumerate(segments):
+        expected = model.member_rewards(seg.observations, seg.actions).sum(1)
+        np.testing.assert_allclose(returns[:, k], expected, rtol=1e-5, atol=1e-5)
 
 
 def test_inference_chunks_and_preference_probabilities():
