@@ -1,4 +1,5 @@
-"""The ``prefrl`` command line: tasks, train, compare, demo.
+"""The ``prefrl`` command line: tasks, train, compare, demo, and (from cli_labels)
+label, clips, labels.
 
 Every bad input ends with a one-line ``prefrl: error: ...`` naming the bad value and the
 fix, and exit status 2.
@@ -63,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("task", help="preset name (e.g. hopper, pong) or path to a preset .toml")
     train.add_argument("--reward", choices=("learned", "true"), default="learned",
                        help="learned: PPO on the reward model; true: PPO on the true reward")
-    train.add_argument("--teacher", choices=("synthetic",), default="synthetic", help="who answers the queries")
+    train.add_argument("--teacher", choices=("synthetic", "human"), default="synthetic",
+                       help="who answers the queries: the synthetic oracle or a person in `prefrl label`")
+    train.add_argument("--labels-from", type=Path, metavar="CLIPS_DIR",
+                       help="train the reward model on the labelled pairs of this clips folder only")
     train.add_argument("--labels", type=_positive_int, help="label budget (overrides labels.budget)")
     train.add_argument("--steps", type=_positive_int, help="env steps (overrides ppo.total_steps)")
     train.add_argument("--seed", type=_non_negative_int, default=0)
@@ -80,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="short learned-vs-true run on the default task (what `make demo` runs)")
     demo.add_argument("--seed", type=_non_negative_int, default=0)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder of the demo's runs")
+
+    from prefrl.cli_labels import add_label_commands
+
+    add_label_commands(sub)
     return parser
 
 
@@ -110,11 +118,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     arm = args.reward
     paths = default_paths(preset.task.name, arm, args.seed)
     if args.run_dir is not None:
-        paths = RunPaths(run_dir=args.run_dir, clips_dir=args.clips_dir or args.run_dir / "clips")
-    elif args.clips_dir is not None:
+        paths = RunPaths(run_dir=args.run_dir, clips_dir=Path("clips") / args.run_dir.resolve().name)
+    if args.clips_dir is not None:
         paths = RunPaths(run_dir=paths.run_dir, clips_dir=args.clips_dir)
+    if args.labels_from is not None and not (args.labels_from / "labels.sqlite").is_file():
+        raise PrefrlError(f"--labels-from {args.labels_from}: no labels.sqlite there; give a folder made by `prefrl clips`")
     summary = train(preset, arm=arm, seed=args.seed, paths=paths, teacher_kind=args.teacher,
-                    progress=not args.no_progress)
+                    labels_from=args.labels_from, progress=not args.no_progress)
     print(f"run finished: {paths.run_dir}  final true return {summary['final_true_return']:.1f}  "
           f"labels {summary['labels_used']}  {summary['wall_seconds']:.0f} s")
     return 0
@@ -167,6 +177,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        handler = getattr(args, "label_handler", None)
+        if handler is not None:
+            return handler(args)
         if args.command == "tasks":
             return cmd_tasks()
         if args.command == "train":

@@ -192,8 +192,9 @@ class PreferenceCallback(BaseCallback):
 
     def collect(self, step: int) -> list[Preference]:
         answers = self.teacher.answers()
-        for answer in answers:
-            self.store.record_label(answer.pair.pair_id, answer.choice, answer.labeller)
+        if not getattr(self.teacher, "answers_in_store", False):
+            for answer in answers:
+                self.store.record_label(answer.pair.pair_id, answer.choice, answer.labeller)
         self.reward_model.add_preferences(answers)
         self.labels_used += sum(a.choice.target is not None for a in answers)
         return answers
@@ -305,6 +306,68 @@ def collect_random_segments(venv: VecEnv, recorder: SegmentRecorder, n_segments:
     return steps
 
 
+def pretrain_from_initial_labels(prefs: PreferenceCallback, recorder: SegmentRecorder, progress: bool) -> int:
+    """Label pairs of a random policy's segments and pretrain the reward model on them.
+
+    A synthetic teacher answers at once; with a person, wait (showing how many labels are
+    still needed) only until the initial labels of the schedule are in.
+
+    :return: env steps the random policy took
+    """
+    preset = prefs.preset
+    initial = prefs.schedule.target(0)
+    if initial <= 0:
+        return 0
+    wanted = min(max(2, initial), preset.labels.segment_buffer_size)
+    steps = collect_random_segments(recorder, recorder, wanted,
+                                    max_steps=wanted * preset.task.clip_length * 4 + recorder.num_envs)
+    prefs.ask_due(0)
+    prefs.collect(0)
+    if prefs.teacher.pending():
+        command = getattr(prefs.teacher, "viewer_command", "")
+        print(f"waiting for {initial} initial labels; label them in another terminal with:\n  {command}", flush=True)
+        from tqdm.auto import tqdm
+
+        with tqdm(total=initial, initial=prefs.labels_used, unit="label", disable=not progress) as bar:
+            while prefs.labels_used < initial and prefs.teacher.pending():
+                time.sleep(1.0)
+                prefs.collect(0)
+                bar.update(prefs.labels_used - bar.n)
+    if prefs.reward_model.n_labels and preset.labels.pretrain_epochs:
+        prefs.last_stats = fit_reward_model(prefs.reward_model, prefs.buffer, preset.labels.pretrain_epochs)
+    return steps
+
+
+def pretrain_from_fixed_labels(prefs: PreferenceCallback, clips_dir: Path, recorder: SegmentRecorder) -> int:
+    """Train the reward model once on the labelled pairs of another clips folder and ask
+    no queries afterwards (``prefrl train TASK --labels-from clips/<name>``).
+
+    :return: env steps taken to fill the segment buffer for output normalisation
+    """
+    from prefrl.labels import Choice
+
+    source = LabelStore(clips_dir, prefs.preset.task.name)
+    try:
+        preferences = [
+            Preference(pair=source.load_pair(pair_id), choice=choice, labeller=labeller)
+            for _, pair_id, choice, labeller, _ in source.labels_after(0)
+        ]
+    finally:
+        source.close()
+    usable = [p for p in preferences if p.choice is not Choice.CANT_TELL]
+    if not usable:
+        raise PrefrlError(f"no usable labels in '{clips_dir}'; label its pairs first with `prefrl label {clips_dir}`")
+    prefs.store.add_pairs([p.pair for p in preferences])
+    for pref in preferences:
+        prefs.store.record_label(pref.pair.pair_id, pref.choice, pref.labeller)
+    prefs.reward_model.add_preferences(preferences)
+    prefs.labels_used = len(usable)
+    prefs.asked = prefs.preset.labels.budget  # the fixed set is all there is: no queries
+    steps = collect_random_segments(recorder, recorder, 64, max_steps=64 * prefs.preset.task.clip_length * 4)
+    prefs.last_stats = fit_reward_model(prefs.reward_model, prefs.buffer, max(1, prefs.preset.labels.pretrain_epochs))
+    return steps
+
+
 def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -318,6 +381,7 @@ def train(
     seed: int = 0,
     paths: RunPaths | None = None,
     teacher_kind: str = "synthetic",
+    labels_from: Path | None = None,
     progress: bool = True,
     verbose: int = 0,
 ) -> dict[str, Any]:
@@ -327,7 +391,11 @@ def train(
     :param arm: ``learned`` (PPO on the learned reward) or ``true`` (on the true reward)
     :param seed: seeds the env, PPO, the reward model, the teacher and query selection
     :param paths: run and clips folders (default ``runs/<name>``, ``clips/<name>``)
-    :param teacher_kind: who answers the queries (learned arm only)
+    :param teacher_kind: who answers the queries (learned arm only): ``synthetic`` or
+        ``human`` (a person in ``prefrl label``; training never waits beyond the
+        initial labels)
+    :param labels_from: train the reward model on the labelled pairs of this clips
+        folder only (no queries are asked)
     :param progress: show a progress bar
     :param verbose: SB3 verbosity
     """
@@ -358,7 +426,10 @@ def train(
     _write_json(run_dir / "config.json", config)
 
     p = preset.ppo
-    venv = make_vec_env(preset, p.n_envs, seed, clip_reward=(arm == "true" and p.clip_true_reward))
+    # People watch Atari clips as RGB frames; MuJoCo clips are rendered from physics states.
+    record_frames = arm == "learned" and teacher_kind == "human" and preset.task.domain == "atari"
+    venv = make_vec_env(preset, p.n_envs, seed, clip_reward=(arm == "true" and p.clip_true_reward),
+                        record_frames=record_frames)
     eval_env: VecEnv = make_vec_env(preset, 1, seed + 10_000, evaluation=True)
 
     reward_model: RewardModel | None = None
@@ -366,31 +437,24 @@ def train(
     pretrain_steps = 0
     if arm == "learned":
         buffer = SegmentBuffer(preset.task.clip_length, p.n_envs, preset.labels.segment_buffer_size)
-        recorder = SegmentRecorder(venv, buffer)
+        recorder = SegmentRecorder(venv, buffer, record_frames=record_frames)
         reward_model = RewardModel(venv.observation_space, venv.action_space, preset.reward, seed=seed)
         learned_env = LearnedRewardVecEnv(recorder, reward_model.predict)
         venv = learned_env
-        # The termination penalty is already in the recorded (training) reward: see envs.py.
-        teacher = make_teacher(teacher_kind, preset.teacher, seed, termination_penalty=0.0)
         paths.clips_dir.mkdir(parents=True, exist_ok=True)
         store = LabelStore(paths.clips_dir, task)
+        # The termination penalty is already in the recorded (training) reward: see envs.py.
+        teacher = make_teacher(teacher_kind, preset.teacher, seed, termination_penalty=0.0, store=store)
         schedule = LabelSchedule(preset.labels.budget, preset.labels.initial_labels,
                                  preset.labels.rate_constant, p.total_steps)
         prefs = PreferenceCallback(
             preset=preset, reward_model=reward_model, teacher=teacher, store=store, buffer=buffer,
             schedule=schedule, learned_env=learned_env, rng=rng,
         )
-        # Initial labels come from a random policy's segments, before RL starts.
-        initial = schedule.target(0)
-        if initial > 0:
-            wanted = min(max(2, initial), preset.labels.segment_buffer_size)
-            pretrain_steps = collect_random_segments(
-                recorder, recorder, wanted, max_steps=wanted * preset.task.clip_length * 4 + p.n_envs
-            )
-            prefs.ask_due(0)
-            prefs.collect(0)
-            if reward_model.n_labels and preset.labels.pretrain_epochs:
-                prefs.last_stats = fit_reward_model(reward_model, buffer, preset.labels.pretrain_epochs)
+        if labels_from is not None:
+            pretrain_steps = pretrain_from_fixed_labels(prefs, labels_from, recorder)
+        else:
+            pretrain_steps = pretrain_from_initial_labels(prefs, recorder, progress)
 
     if p.normalize_observations or p.normalize_rewards:
         venv = VecNormalize(venv, norm_obs=p.normalize_observations, norm_reward=p.normalize_rewards, gamma=p.gamma)

@@ -58,7 +58,7 @@ def test_train_and_compare_from_the_command_line(tmp_path):
               "--set", "eval.episodes=1", "--no-progress"]
     for arm in ("true", "learned"):
         done = run_cli("train", "pendulum", "--reward", arm, "--labels", "20", "--run-dir", str(tmp_path / arm),
-                       *common)
+                       "--clips-dir", str(tmp_path / f"clips_{arm}"), *common)
         assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "learned" / "summary.json").read_text())
     assert summary["arm"] == "learned" and summary["label_budget"] == 20

@@ -162,6 +162,8 @@ def test_pong_score_is_masked_while_it_changes() -> None:
 
 def test_atari_game_over_restarts_in_place_with_the_game_reward_only() -> None:
     preset = load_preset("pong")
+    penalty = preset.task.termination_penalty
+    assert penalty > 0
     evaluation = make_env(preset, evaluation=True)
     evaluation.reset(seed=3)
     rng = np.random.default_rng(3)
@@ -178,9 +180,11 @@ def test_atari_game_over_restarts_in_place_with_the_game_reward_only() -> None:
     training.reset(seed=3)  # same seed and actions: the same game, step for step
     for k, action in enumerate(actions):
         _, reward, terminated, truncated, info = training.step(action)
-        assert reward == rewards[k], "the raw game reward passes through unchanged"
+        game_over = k == len(actions) - 1
+        # the raw game reward passes through, and game over costs the preset's penalty once
+        assert reward == rewards[k] - (penalty if game_over else 0.0)
         assert not terminated and not truncated
-        assert info["after_termination"] == (k == len(actions) - 1)
+        assert info["after_termination"] == game_over
     assert info["episode_frame_number"] < 200, "a new game began in place"
     _, _, terminated, truncated, info = training.step(0)
     assert not (terminated or truncated or info["after_termination"])
