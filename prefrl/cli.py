@@ -19,9 +19,9 @@ from prefrl.errors import PrefrlError
 DEMO_TASK = "invertedpendulum"
 DEMO_OVERRIDES = (
     "ppo.total_steps=40000",
-    "labels.budget=200",
-    "labels.initial_labels=50",
-    "labels.rate_constant=20000",
+    "labels.budget=400",
+    "labels.initial_labels=100",
+    "labels.rate_constant=20000",  # most labels early, as the paper's 1/T schedule does
     "eval.every_steps=5000",
     "eval.episodes=5",
 )
