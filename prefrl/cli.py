@@ -134,14 +134,17 @@ def print_table(rows) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="Learned reward vs true reward (true evaluation return)")
-    for col in ("task", "arm", "seeds", "env steps", "final true return", "learned / true", "labels", "wall s"):
-        table.add_column(col, justify="left" if col in ("task", "arm") else "right")
+    table = Table(title="Learned reward vs true reward (final true evaluation return)")
+    for col in ("task", "arm", "seeds", "env steps", "true return", "learned/true", "labels", "wall s"):
+        table.add_column(col, justify="left" if col in ("task", "arm") else "right", no_wrap=True)
     for r in rows:
         arm = "true reward" if r.arm == "true" else f"learned ({r.label_budget})"
         table.add_row(r.task, arm, str(r.seeds), f"{r.env_steps:,}", f"{r.mean_return:.1f} ± {r.std_return:.1f}",
                       "" if r.ratio is None else f"{r.ratio:.2f}", f"{r.labels_used:.0f}", f"{r.wall_seconds:.0f}")
-    Console().print(table)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # logs and pipes: don't squeeze the table to 80 columns
+    console.print(table)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:

@@ -682,8 +682,9 @@ class RewardModel:
     :param seed: seed of every random choice of the model
     :param channels_last: CNN only: channels-last memory format (measured faster on CPU,
         see ``scripts/benchmark_reward.py``)
-    :param inference_batch: frames per network call when predicting (``None``: 1024
-        for images, 16384 for vectors)
+    :param inference_batch: frames per network call when predicting (``None``: 128
+        for images, 16384 for vectors; on CPU larger image batches are slower per
+        frame, their activations no longer fit in cache)
     :param cache_bytes: copy the labelled clips into contiguous arrays when they take
         at most this many bytes (fast vectorised minibatch gathering for small
         observations); above it minibatches are gathered from the segments
@@ -713,7 +714,7 @@ class RewardModel:
         self._image = observation_space.dtype == np.uint8
         self._obs_dtype = np.uint8 if self._image else np.float32
         self._discrete = isinstance(action_space, spaces.Discrete)
-        self.inference_batch = int(inference_batch or (1024 if self._image else 16384))
+        self.inference_batch = int(inference_batch or (128 if self._image else 16384))
         self.cache_bytes = int(cache_bytes)
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.learning_rate)
         self.l2 = float(settings.initial_l2)

@@ -119,7 +119,9 @@ def main() -> None:
         step = inference_ms_per_vec_step(model, obs, None, 8, batched=False)
         batch = inference_ms_per_vec_step(model, obs, None, 8, batched=True)
         rows.append(("CNN x3 predict, 8 envs", f"step by step, {fmt}", f"{step:8.2f} ms/vec step"))
-        rows.append(("CNN x3 predict, 8 envs", f"batch of {frames} frames, {fmt}", f"{batch:8.2f} ms/vec step"))
+        rows.append(
+            ("CNN x3 predict, 8 envs", f"{frames}-frame rollout at once, {fmt}", f"{batch:8.2f} ms/vec step")
+        )
 
     # ---- MuJoCo MLP (HalfCheetah-v5: 17 obs, 6 actions; 1.5 s = 30 steps)
     obs_space = spaces.Box(-np.inf, np.inf, (17,), np.float64)
@@ -136,7 +138,7 @@ def main() -> None:
     step = inference_ms_per_vec_step(model, obs, acts, 8, batched=False)
     batch = inference_ms_per_vec_step(model, obs, acts, 8, batched=True)
     rows.append(("MLP x3 predict, 8 envs", "step by step", f"{step:8.3f} ms/vec step"))
-    rows.append(("MLP x3 predict, 8 envs", f"batch of {steps} steps", f"{batch:8.3f} ms/vec step"))
+    rows.append(("MLP x3 predict, 8 envs", f"{steps}-step rollout at once", f"{batch:8.3f} ms/vec step"))
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
