@@ -22,13 +22,13 @@ demo: $(STAMP)
 test: $(STAMP) xvfb
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest -q
 
-# The real-window viewer test needs Xvfb and xdotool (Debian packages); install them when
+# The real-window viewer test needs Xvfb, xdotool and xwd (Debian packages); install them when
 # we may (root), otherwise that one test is skipped with a note.
 xvfb:
-	@if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null; then \
+	@if ! command -v Xvfb >/dev/null || ! command -v xdotool >/dev/null || ! command -v xwd >/dev/null; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing xvfb and xdotool for the viewer test"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool >/dev/null; \
+	    echo "installing xvfb, xdotool and x11-apps (xwd) for the real-window viewer test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool x11-apps >/dev/null; \
 	  else echo "note: Xvfb/xdotool missing and not root: the real-window viewer test will be skipped"; fi; \
 	fi
 
