@@ -28,6 +28,9 @@ DOMAINS = ("mujoco", "atari", "classic")
 QUERY_SELECTIONS = ("uniform", "disagreement", "entropy")
 REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
 VEC_ENVS = ("dummy", "subproc")
+#: Settings for which an infinite value means something (a perfectly rational teacher,
+#: a teacher that never skips).
+INFINITE_ALLOWED = ("teacher.beta", "teacher.skip_threshold")
 
 
 @dataclass(frozen=True)
@@ -293,7 +296,7 @@ def _coerce(where: str, annotation: Any, value: Any) -> Any:
         return value
     raise PrefrlError(
         f"{where} = {value!r} is not a valid {_type_name(annotation)}; "
-        f"give a {_type_name(annotation)} value"
+        f"give a value of type {_type_name(annotation)}"
     )
 
 
@@ -352,6 +355,14 @@ def validate(preset: Preset, source: str = "preset") -> None:
     def bad(key: str, value: Any, want: str) -> PrefrlError:
         return PrefrlError(f"{key} = {value!r} in {source} is invalid: {want}")
 
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value = getattr(getattr(preset, section), f.name)
+            key = f"{section}.{f.name}"
+            if isinstance(value, float) and math.isnan(value):
+                raise bad(key, value, "give a number, not nan")
+            if isinstance(value, float) and math.isinf(value) and key not in INFINITE_ALLOWED:
+                raise bad(key, value, "give a finite number")
     if not t.env_id:
         raise bad("task.env_id", t.env_id, "set the Gymnasium id, e.g. 'Hopper-v5'")
     if t.domain not in DOMAINS:
