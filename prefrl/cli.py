@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from prefrl.cli_args import OneLineErrorParser, non_negative_int, positive_int
 from prefrl.errors import PrefrlError
 
 #: The demo: a short run of both arms on a task PPO solves in minutes on a laptop CPU.
@@ -27,36 +28,12 @@ DEMO_OVERRIDES = (
 )
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive whole number")
-    return value
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give a whole number >= 0")
-    return value
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="prefrl", description="Deep RL from preferences: learned reward vs true reward.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineErrorParser(prog="prefrl", description="Deep RL from preferences: learned reward vs true reward.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser)
 
     sub.add_parser("tasks", help="list the suite presets in envs/")
 
@@ -68,9 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="who answers the queries: the synthetic oracle or a person in `prefrl label`")
     train.add_argument("--labels-from", type=Path, metavar="CLIPS_DIR",
                        help="train the reward model on the labelled pairs of this clips folder only")
-    train.add_argument("--labels", type=_positive_int, help="label budget (overrides labels.budget)")
-    train.add_argument("--steps", type=_positive_int, help="env steps (overrides ppo.total_steps)")
-    train.add_argument("--seed", type=_non_negative_int, default=0)
+    train.add_argument("--labels", type=positive_int, help="label budget (overrides labels.budget)")
+    train.add_argument("--steps", type=positive_int, help="env steps (overrides ppo.total_steps)")
+    train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--run-dir", type=Path, help="default runs/<task>__<arm>__<seed>__<time>")
     train.add_argument("--clips-dir", type=Path, help="clip pairs and label database (default clips/<run name>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -82,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", type=Path, help="output folder (default: the first argument)")
 
     demo = sub.add_parser("demo", help="short learned-vs-true run on the default task (what `make demo` runs)")
-    demo.add_argument("--seed", type=_non_negative_int, default=0)
+    demo.add_argument("--seed", type=non_negative_int, default=0)
     demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder of the demo's runs")
 
     from prefrl.cli_labels import add_label_commands

@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from prefrl.cli_args import non_negative_int, positive_float, positive_int
 from prefrl.errors import PrefrlError
 
 #: Top-level commands added by :func:`add_label_commands`.
@@ -42,34 +43,7 @@ LABEL_COMMANDS = ("label", "clips", "labels")
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a positive whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive whole number")
-    return value
 
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give a whole number >= 0") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} is negative; give a whole number >= 0")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a positive number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not positive; give a positive number")
-    return value
 
 
 def default_labeller() -> str:
@@ -85,11 +59,11 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", type=Path, metavar="RUN_OR_CLIPS_DIR",
                         help="a run directory (its config.json names the clips folder) or a clips folder")
     parser.add_argument("--name", default=default_labeller(), help="your name, stored with each label (default: login name)")
-    parser.add_argument("--scale", type=_positive_int, default=3, help="Atari frames are shown this many times larger (default 3)")
-    parser.add_argument("--ahead", type=_positive_int, default=2, help="pairs prepared ahead of the one on screen (default 2)")
-    parser.add_argument("--lease-seconds", type=_positive_float, default=60.0,
+    parser.add_argument("--scale", type=positive_int, default=3, help="Atari frames are shown this many times larger (default 3)")
+    parser.add_argument("--ahead", type=positive_int, default=2, help="pairs prepared ahead of the one on screen (default 2)")
+    parser.add_argument("--lease-seconds", type=positive_float, default=60.0,
                         help="a pair stays reserved this long after a viewer dies (default 60)")
-    parser.add_argument("--max-seconds", type=_positive_float, default=None, help="close the window after this long")
+    parser.add_argument("--max-seconds", type=positive_float, default=None, help="close the window after this long")
     parser.add_argument("--events", action="store_true", help="print one line per event (shown, label, undo, quit) for scripts")
 
 
@@ -107,10 +81,10 @@ def add_label_commands(subparsers: Any) -> None:
 
     clips = subparsers.add_parser("clips", help="sample clip pairs from a random or saved policy to label")
     clips.add_argument("task", help="preset name (e.g. pong, hopper) or path to a preset .toml")
-    clips.add_argument("--pairs", type=_positive_int, required=True, help="number of clip pairs")
+    clips.add_argument("--pairs", type=positive_int, required=True, help="number of clip pairs")
     clips.add_argument("--policy", type=Path, help="a saved SB3 PPO policy.zip (default: random actions)")
     clips.add_argument("--out", type=Path, help="clips folder to create (default clips/<task>__clips__<seed>__<time>)")
-    clips.add_argument("--seed", type=_non_negative_int, default=0)
+    clips.add_argument("--seed", type=non_negative_int, default=0)
     clips.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a preset setting, e.g. --set task.clip_length=30 (repeatable)")
     clips.set_defaults(label_handler=cmd_clips)
