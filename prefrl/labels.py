@@ -125,8 +125,10 @@ class LabelSchedule:
 
 # --------------------------------------------------------------------------- store
 
-#: Version of the label store's layout; a store of another version is refused.
-SCHEMA_VERSION = 1
+#: Version of the label store's layout. Older stores are migrated on opening (after a
+#: backup copy ``labels.sqlite.v<old>.bak``); a store of a newer version is refused.
+#: 1: meta, clips, pairs, labels. 2: ``undone_labels`` keeps every undone answer.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -157,7 +159,27 @@ CREATE TABLE IF NOT EXISTS labels (
     labeller TEXT NOT NULL,
     created  REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS undone_labels (
+    label_id INTEGER PRIMARY KEY,
+    pair_id  TEXT NOT NULL,
+    choice   TEXT NOT NULL,
+    labeller TEXT NOT NULL,
+    created  REAL NOT NULL,
+    undone   REAL NOT NULL
+);
 """
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2 keeps undone answers (the trainer may have read them already)."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS undone_labels (label_id INTEGER PRIMARY KEY, pair_id TEXT NOT NULL, "
+        "choice TEXT NOT NULL, labeller TEXT NOT NULL, created REAL NOT NULL, undone REAL NOT NULL)"
+    )
+
+
+#: ``version -> function`` upgrading a store of that version to the next one.
+_MIGRATIONS = {1: _migrate_1_to_2}
 
 _SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 _CLIP_ARRAYS = ("observations", "actions", "true_rewards", "after_termination")
@@ -230,6 +252,7 @@ class LabelStore:
                 raise PrefrlError(f"label store {self.db_path} could not switch to WAL mode (got {mode}); put the clips folder on a local disk")
             self._conn.execute("PRAGMA synchronous = FULL")
             self._conn.execute("PRAGMA foreign_keys = ON")
+            self._migrate_if_older()
             with self._transaction() as conn:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
@@ -262,6 +285,37 @@ class LabelStore:
             conn.execute("ROLLBACK")
             raise
         conn.execute("COMMIT")
+
+    def _stored_version(self) -> str | None:
+        conn = self.connection
+        if conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
+            return None
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return None if row is None else str(row[0])
+
+    def _migrate_if_older(self) -> None:
+        """Upgrade a store written by an older prefrl, after a backup copy of it."""
+        version = self._stored_version()
+        if version is None or not version.isdigit() or int(version) >= SCHEMA_VERSION:
+            return  # new store, current one, or one _check_meta refuses with a message
+        backup_path = self.db_path.with_name(f"labels.sqlite.v{version}.bak")
+        if not backup_path.exists():
+            backup = sqlite3.connect(backup_path)
+            try:
+                self.connection.backup(backup)
+            finally:
+                backup.close()
+        with self._transaction() as conn:
+            current = int(version)
+            while current < SCHEMA_VERSION:
+                if current not in _MIGRATIONS:
+                    raise PrefrlError(
+                        f"label store {self.db_path} has schema_version {current}, which this prefrl "
+                        "cannot migrate; use the prefrl that wrote it to export its labels"
+                    )
+                _MIGRATIONS[current](conn)
+                current += 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
 
     def _check_meta(self, conn: sqlite3.Connection) -> None:
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -501,6 +555,12 @@ class LabelStore:
         :return: whether a label was deleted
         """
         with self._transaction() as conn:
+            # Keep the undone answer: the trainer may already have read it.
+            conn.execute(
+                "INSERT OR REPLACE INTO undone_labels (label_id, pair_id, choice, labeller, created, undone) "
+                "SELECT label_id, pair_id, choice, labeller, created, ? FROM labels WHERE pair_id = ? AND labeller = ?",
+                (time.time(), pair_id, labeller),
+            )
             deleted = conn.execute(
                 "DELETE FROM labels WHERE pair_id = ? AND labeller = ?", (pair_id, labeller)
             ).rowcount
@@ -511,6 +571,14 @@ class LabelStore:
                     (lease_to, expires, pair_id),
                 )
         return bool(deleted)
+
+    def undone_labels(self) -> list[LabelRow]:
+        """Every answer that was undone, oldest first: ``(label_id, pair_id, choice,
+        labeller, time)`` with the time of the answer (not of the undo)."""
+        rows = self.connection.execute(
+            "SELECT label_id, pair_id, choice, labeller, created FROM undone_labels ORDER BY label_id"
+        ).fetchall()
+        return [(int(r[0]), str(r[1]), Choice(r[2]), str(r[3]), float(r[4])) for r in rows]
 
     def lease_next(self, owner: str, lease_seconds: float) -> str | None:
         """Take the oldest pending pair that nobody holds a live lease on.

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, LabelSchedule, LabelStore, Preference
+from prefrl.labels import SCHEMA_VERSION, Choice, LabelSchedule, LabelStore, Preference
 from prefrl.presets import LabelSettings
 from prefrl.segments import ClipPair, Segment
 
@@ -258,7 +258,7 @@ def test_other_task_and_schema_version_refused(tmp_path: Path) -> None:
         LabelStore(tmp_path, "pong")
     with sqlite3.connect(tmp_path / "labels.sqlite") as conn:
         conn.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
-    with pytest.raises(PrefrlError, match="schema_version 7.*schema_version 1"):
+    with pytest.raises(PrefrlError, match=f"schema_version 7.*schema_version {SCHEMA_VERSION}"):
         LabelStore(tmp_path, "hopper")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "labels.sqlite").write_bytes(b"not a database at all" * 100)
@@ -295,3 +295,44 @@ def test_wal_mode_and_integrity(tmp_path: Path) -> None:
         assert dict(conn.execute("SELECT key, value FROM meta").fetchall())["task"] == "hopper"
     finally:
         conn.close()
+
+
+#: The layout prefrl 0.1 wrote (schema_version 1), verbatim, to prove the migration path.
+SCHEMA_V1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE clips (clip_id TEXT PRIMARY KEY, path TEXT NOT NULL, length INTEGER NOT NULL,
+    true_return REAL NOT NULL, created REAL NOT NULL);
+CREATE TABLE pairs (pair_id TEXT PRIMARY KEY, left_clip TEXT NOT NULL REFERENCES clips(clip_id),
+    right_clip TEXT NOT NULL REFERENCES clips(clip_id), created REAL NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'answered')),
+    lease_owner TEXT, lease_expires REAL);
+CREATE INDEX pairs_by_status ON pairs (status, created);
+CREATE TABLE labels (label_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    pair_id TEXT NOT NULL UNIQUE REFERENCES pairs(pair_id),
+    choice TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie', 'cant_tell')),
+    labeller TEXT NOT NULL, created REAL NOT NULL);
+"""
+
+
+def test_a_store_written_by_schema_version_1_is_migrated_with_a_backup(tmp_path: Path) -> None:
+    with sqlite3.connect(tmp_path / "labels.sqlite") as conn:
+        conn.executescript(SCHEMA_V1)
+        conn.executemany("INSERT INTO meta VALUES (?, ?)", [("schema_version", "1"), ("task", "hopper")])
+        conn.executemany("INSERT INTO clips VALUES (?, ?, 3, 0.0, 0.0)", [("a", "clips/a.npz"), ("b", "clips/b.npz")])
+        conn.executemany("INSERT INTO pairs VALUES (?, 'a', 'b', ?, ?, NULL, NULL)",
+                         [("p0", 1.0, "answered"), ("p1", 2.0, "answered"), ("p2", 3.0, "pending")])
+        conn.executemany("INSERT INTO labels (pair_id, choice, labeller, created) VALUES (?, ?, 'ann', ?)",
+                         [("p0", "left", 10.0), ("p1", "tie", 11.0)])
+    with LabelStore(tmp_path, "hopper") as store:
+        rows = store.labels_after(0)
+        assert [(r[1], r[2]) for r in rows] == [("p0", Choice.LEFT), ("p1", Choice.TIE)]
+        assert store.counts()["pending"] == 1
+        version = store.connection.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        assert version == str(SCHEMA_VERSION)
+        assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        # what version 2 adds works on the migrated store: an undone answer is kept
+        assert store.undo_label("p1", "ann")
+        assert [(r[1], r[2]) for r in store.undone_labels()] == [("p1", Choice.TIE)]
+    with sqlite3.connect(tmp_path / "labels.sqlite.v1.bak") as backup:
+        assert backup.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+        assert backup.execute("SELECT COUNT(*) FROM labels").fetchone()[0] == 2
