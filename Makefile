@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: demo test venv clean xvfb
+.PHONY: demo test venv clean xvfb chromium
 
 venv: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/prefrl demo
 
-test: $(STAMP) xvfb
+test: $(STAMP) xvfb chromium
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest -q
 
 # The real-window viewer test needs Xvfb, xdotool and xwd (Debian packages); install them when
@@ -30,6 +30,16 @@ xvfb:
 	    echo "installing xvfb, xdotool and x11-apps (xwd) for the real-window viewer test"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq xvfb xdotool x11-apps >/dev/null; \
 	  else echo "note: Xvfb/xdotool missing and not root: the real-window viewer test will be skipped"; fi; \
+	fi
+
+# The report-page test opens the page in Debian's chromium (driven by playwright, which
+# downloads no browser of its own); install it when we may (root), otherwise it is skipped.
+chromium:
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium for the report page test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: chromium missing and not root: the report page test will be skipped"; fi; \
 	fi
 
 clean:

@@ -1,5 +1,5 @@
-"""The ``prefrl`` command line: tasks, train, compare, demo, and (from cli_labels)
-label, clips, labels.
+"""The ``prefrl`` command line: tasks, train, compare, demo; label, clips, labels (from
+cli_labels); suite, video, report (from cli_suite).
 
 Every bad input ends with a one-line ``prefrl: error: ...`` naming the bad value and the
 fix, and exit status 2.
@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     from prefrl.cli_labels import add_label_commands
 
     add_label_commands(sub)
+    from prefrl.cli_suite import add_suite_commands
+
+    add_suite_commands(sub)
     return parser
 
 
@@ -157,7 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        handler = getattr(args, "label_handler", None)
+        handler = getattr(args, "label_handler", None) or getattr(args, "suite_handler", None)
         if handler is not None:
             return handler(args)
         if args.command == "tasks":
