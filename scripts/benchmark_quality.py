@@ -1,0 +1,987 @@
+"""Learning quality: PPO on a reward learned from synthetic preferences vs the same PPO
+on the true reward, over tasks x seeds x label budgets; writes ``docs/results.md``.
+
+The plan is tasks x seeds x (one true-reward run + one learned-reward run per label
+budget). Every run is ``prefrl.training.train`` in its own subprocess (a crash of one
+run doesn't end the plan) and writes to
+
+    <out>/<task>/<setting>/<arm>/seed<k>/       arm = true | learned-<budget>
+
+where ``<setting>`` is ``<steps>steps`` (plus a short hash of any ``--set`` overrides).
+The plan is resumable: a run directory with ``summary.json`` is reused, a run directory
+without one (a run that was interrupted) is removed and run again.
+
+For every task the script also measures a uniform-random policy's true return on the
+evaluation env (the task's real rules, ``--random-episodes`` episodes); it is the zero of
+the normalised score ``(learned - random) / (true - random)``, the Atari quality
+measure. The results page is rebuilt from every finished run under ``<out>`` after each
+run, so an interrupted plan still leaves an honest page.
+
+Default budgets (one developer machine: 2 cores, CPU only; see DEFAULT_STEPS):
+
+* MuJoCo: 300k env steps for HalfCheetah, Hopper, Swimmer, Reacher and
+  InvertedDoublePendulum (the issue's minimum; 1M, the presets' value, takes ~40 min per
+  run and ~18 h for 3 tasks x 3 seeds x 3 arms); InvertedPendulum 100k (its preset).
+* Atari: 250k agent steps = 1M frames (frame skip 4). Label budget: the paper's 3,300
+  labels for 50M frames scaled by frames, ``max(500, round(3300 * frames / 50e6))``: 66
+  at 1M frames, floored to 500, the number of labels the paper collects before RL starts
+  on Atari.
+* Every learned run collects 25% of its budget from the random policy before RL starts
+  (the paper's MuJoCo rule; ``labels.initial_labels``), the rest on the preset's schedule.
+
+Usage::
+
+    python scripts/benchmark_quality.py                                   # the full default plan
+    python scripts/benchmark_quality.py invertedpendulum --seeds 0 1 2 --labels 700 350 --steps 50000
+    python scripts/benchmark_quality.py pendulum --seeds 0 --labels 40 --set ppo.total_steps=2048 \\
+        --out /tmp/bq --results /tmp/bq/results.md                        # a tiny smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from prefrl.errors import PrefrlError  # noqa: E402
+from prefrl.presets import Preset, load_preset  # noqa: E402
+
+# --------------------------------------------------------------------------- defaults
+
+MUJOCO_TARGET_TASKS = ("halfcheetah", "hopper", "swimmer")
+MUJOCO_REPORT_TASKS = ("reacher", "inverteddoublependulum")
+ATARI_TASKS = ("beamrider", "breakout", "enduro", "pong", "qbert", "seaquest", "spaceinvaders")
+DEFAULT_TASKS = MUJOCO_TARGET_TASKS + MUJOCO_REPORT_TASKS + ATARI_TASKS
+DEFAULT_SEEDS = (0, 1, 2)
+DEFAULT_LABELS = (700, 350)
+
+#: Env (agent) steps per run on a 2-core CPU-only developer machine.
+DEFAULT_STEPS: dict[str, int] = {
+    "halfcheetah": 300_000,
+    "hopper": 300_000,
+    "swimmer": 300_000,
+    "reacher": 300_000,
+    "inverteddoublependulum": 300_000,
+    "walker2d": 300_000,
+    "ant": 300_000,
+    "invertedpendulum": 100_000,
+}
+#: Atari: 250k agent steps = 1M frames at frame skip 4.
+ATARI_DEFAULT_STEPS = 250_000
+PAPER_ATARI_LABELS = 3_300
+PAPER_ATARI_FRAMES = 50_000_000
+ATARI_LABEL_FLOOR = 500
+INITIAL_LABEL_FRACTION = 0.25
+
+#: Targets of issue 4.
+MUJOCO_TARGET_RATIO = 1.0
+MUJOCO_TARGET_LABELS = 700
+MUJOCO_TARGET_MIN_STEPS = 300_000
+TARGET_SEEDS = 3
+ATARI_TARGET_NORMALISED = 0.8
+ATARI_TARGET_MIN_FRAMES = 1_000_000
+#: "Clearly beats random": true mean - random mean > CLEAR_MARGIN x pooled std.
+CLEAR_MARGIN = 2.0
+
+DEFAULT_RANDOM_EPISODES = 10
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the plan."""
+
+    task: str
+    arm: str  # "true" or "learned"
+    seed: int
+    budget: int  # label budget; 0 for the true arm
+    steps: int
+    overrides: tuple[str, ...]  # everything passed to load_preset, in order
+    run_dir: Path
+
+    @property
+    def label(self) -> str:
+        arm = "true" if self.arm == "true" else f"learned-{self.budget}"
+        return f"{self.task}/{arm}/seed{self.seed}"
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["run_dir"] = str(self.run_dir)
+        d["overrides"] = list(self.overrides)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunSpec:
+        return cls(task=d["task"], arm=d["arm"], seed=int(d["seed"]), budget=int(d["budget"]),
+                   steps=int(d["steps"]), overrides=tuple(d["overrides"]), run_dir=Path(d["run_dir"]))
+
+
+def default_steps(task: str, preset: Preset) -> int:
+    if preset.task.domain == "atari":
+        return ATARI_DEFAULT_STEPS
+    return DEFAULT_STEPS.get(task, preset.ppo.total_steps)
+
+
+def atari_label_budget(steps: int, frame_skip: int) -> int:
+    """The paper's 3,300 labels for 50M frames, scaled by frames, floored at 500."""
+    return max(ATARI_LABEL_FLOOR, round(PAPER_ATARI_LABELS * steps * frame_skip / PAPER_ATARI_FRAMES))
+
+
+def setting_name(steps: int, user_overrides: Sequence[str]) -> str:
+    name = f"{steps}steps"
+    if user_overrides:
+        digest = hashlib.sha1("\n".join(user_overrides).encode()).hexdigest()[:8]
+        name += f"-set{digest}"
+    return name
+
+
+def build_plan(
+    tasks: Sequence[str],
+    seeds: Sequence[int],
+    budgets: Sequence[int],
+    out: Path,
+    *,
+    steps: int | None = None,
+    atari_budgets: Sequence[int] | None = None,
+    user_overrides: Sequence[str] = (),
+) -> list[RunSpec]:
+    """tasks x seeds x (true arm + learned arm per budget), in that order (a task's
+    seeds finish before the next task starts, so partial plans give whole tasks).
+
+    :param steps: env steps of every run (default: the per-task table DEFAULT_STEPS)
+    :param budgets: label budgets of the MuJoCo/classic tasks
+    :param atari_budgets: label budgets of Atari tasks (default: the scaled paper budget)
+    :param user_overrides: ``--set`` items applied after the plan's own settings
+    """
+    for item in user_overrides:
+        key = item.partition("=")[0].strip()
+        if key in ("ppo.total_steps", "labels.budget"):
+            raise PrefrlError(f"--set {item!r}: use --steps / --labels for {key}, they name the run folders")
+    plan: list[RunSpec] = []
+    for task in tasks:
+        base = load_preset(task, list(user_overrides))  # validates the task name and overrides early
+        name = base.task.name
+        n_steps = steps if steps is not None else default_steps(name, base)
+        if base.task.domain == "atari":
+            task_budgets = list(atari_budgets) if atari_budgets else [atari_label_budget(n_steps, base.task.frame_skip)]
+        else:
+            task_budgets = list(budgets)
+        folder = out / name / setting_name(n_steps, user_overrides)
+        for seed in seeds:
+            common = [f"ppo.total_steps={n_steps}"]
+            plan.append(RunSpec(name, "true", seed, 0, n_steps, tuple(common + list(user_overrides)),
+                                folder / "true" / f"seed{seed}"))
+            for budget in task_budgets:
+                initial = max(1, round(INITIAL_LABEL_FRACTION * budget))
+                extra = [f"labels.budget={budget}", f"labels.initial_labels={initial}"]
+                plan.append(RunSpec(name, "learned", seed, budget, n_steps,
+                                    tuple(common + extra + list(user_overrides)),
+                                    folder / f"learned-{budget}" / f"seed{seed}"))
+    dirs = [s.run_dir for s in plan]
+    if len(set(dirs)) != len(dirs):
+        raise PrefrlError("the plan names the same run twice; give each task, seed and budget once")
+    return plan
+
+
+def is_finished(spec: RunSpec) -> bool:
+    return (spec.run_dir / "summary.json").is_file()
+
+
+def prepare(plan: Sequence[RunSpec]) -> tuple[list[RunSpec], list[RunSpec]]:
+    """Split the plan into finished runs (reused) and runs to do; remove the folders of
+    unfinished runs so they start clean."""
+    done, todo = [], []
+    for spec in plan:
+        if is_finished(spec):
+            done.append(spec)
+        else:
+            if spec.run_dir.exists():
+                shutil.rmtree(spec.run_dir)
+            todo.append(spec)
+    return done, todo
+
+
+def write_setting_files(plan: Sequence[RunSpec], user_overrides: Sequence[str]) -> None:
+    """``setting.json`` in each ``<task>/<setting>`` folder: what its runs share."""
+    seen: set[Path] = set()
+    for spec in plan:
+        folder = spec.run_dir.parent.parent
+        if folder in seen:
+            continue
+        seen.add(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        data = {"task": spec.task, "steps": spec.steps, "overrides": list(user_overrides)}
+        (folder / "setting.json").write_text(json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- random policy
+
+
+def measure_random_policy(preset: Preset, episodes: int, seed: int = 12_345) -> dict[str, Any]:
+    """True return of a uniformly random policy on the task's evaluation env (real
+    termination rules and time limit, true reward), over ``episodes`` episodes."""
+    from prefrl.envs import make_env
+
+    env = make_env(preset, evaluation=True)
+    env.action_space.seed(seed)
+    returns, lengths = [], []
+    started = time.time()
+    try:
+        for episode in range(episodes):
+            env.reset(seed=seed + episode)
+            total, length, done = 0.0, 0, False
+            while not done:
+                _, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                total += float(reward)
+                length += 1
+                done = terminated or truncated
+            returns.append(total)
+            lengths.append(length)
+    finally:
+        env.close()
+    return {
+        "task": preset.task.name, "episodes": episodes, "seed": seed,
+        "mean": float(np.mean(returns)), "std": float(np.std(returns)),
+        "returns": returns, "lengths": lengths, "wall_seconds": round(time.time() - started, 1),
+    }
+
+
+def random_baseline(folder: Path, preset: Preset, episodes: int) -> dict[str, Any]:
+    """The random policy's return for one ``<task>/<setting>`` folder, measured once."""
+    path = folder / "random.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("episodes") == episodes:
+            return data
+    data = measure_random_policy(preset, episodes)
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return data
+
+
+# --------------------------------------------------------------------------- running
+
+
+def _watch_parent(parent: int) -> None:
+    """Child side: exit when the plan process has gone (killed with SIGKILL, say), so an
+    orphaned run never writes into a folder that the restarted plan removes."""
+    while True:
+        time.sleep(2.0)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def run_one(spec_path: Path) -> int:
+    """Child process: one ``train`` call from a spec file."""
+    from prefrl.training import RunPaths, train
+
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    spec = RunSpec.from_json(json.loads(spec_path.read_text()))
+    preset = load_preset(spec.task, list(spec.overrides))
+    summary = train(preset, arm=spec.arm, seed=spec.seed,
+                    paths=RunPaths(spec.run_dir, spec.run_dir / "clips"), progress=False)
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def current_step(run_dir: Path) -> int:
+    """Env steps a running run has logged so far (SB3's progress.csv)."""
+    path = run_dir / "logs" / "progress.csv"
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        if rows:
+            return int(float(rows[-1].get("time/total_timesteps") or 0))
+    except (OSError, ValueError, csv.Error):
+        pass
+    return 0
+
+
+def log_stem(run_dir: Path) -> str:
+    """``<task>__<setting>__<arm>__seed<k>``: the name of a run's files in ``<out>/logs``."""
+    return "__".join(run_dir.parts[-4:])
+
+
+class Runner:
+    """Runs specs in subprocesses, at most ``jobs`` at a time."""
+
+    def __init__(self, jobs: int, log_dir: Path) -> None:
+        self.jobs = jobs
+        self.log_dir = log_dir
+        self.running: dict[RunSpec, tuple[subprocess.Popen, Any, float]] = {}
+        self.load: dict[RunSpec, list[float]] = defaultdict(list)
+
+    def start(self, spec: RunSpec) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        stem = log_stem(spec.run_dir)
+        spec_path = self.log_dir / f"{stem}.spec.json"
+        spec_path.write_text(json.dumps(spec.to_json(), indent=2) + "\n")
+        log = open(self.log_dir / f"{stem}.log", "w")
+        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--run-one", str(spec_path)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        self.running[spec] = (proc, log, time.time())
+
+    def poll(self) -> list[tuple[RunSpec, int, float]]:
+        ended = []
+        load1 = os.getloadavg()[0]
+        for spec, (proc, log, started) in list(self.running.items()):
+            self.load[spec].append(load1)
+            rc = proc.poll()
+            if rc is not None:
+                log.close()
+                del self.running[spec]
+                ended.append((spec, rc, time.time() - started))
+                samples = self.load.pop(spec)
+                # How busy the machine was: wall times are only comparable at similar load.
+                load_path = self.log_dir / f"{log_stem(spec.run_dir)}.load.json"
+                load_path.write_text(json.dumps({"run_dir": str(spec.run_dir), "mean_load1": float(np.mean(samples)),
+                                                 "max_load1": float(np.max(samples)), "samples": len(samples),
+                                                 "cores": os.cpu_count()}) + "\n")
+        return ended
+
+    def stop_all(self) -> None:
+        for proc, log, _ in self.running.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc, log, _ in self.running.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+        self.running.clear()
+
+
+def acquire_lock(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    lock = out / ".lock"
+    if lock.exists():
+        try:
+            pid = int(lock.read_text().strip())
+            os.kill(pid, 0)
+            raise PrefrlError(f"another benchmark (pid {pid}) is running on '{out}'; wait for it or give another --out")
+        except (ValueError, ProcessLookupError):
+            pass  # stale lock of a process that is gone
+        except PermissionError:
+            raise PrefrlError(f"another benchmark owns '{lock}'; give another --out") from None
+    lock.write_text(f"{os.getpid()}\n")
+    return lock
+
+
+def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Path,
+            on_finished=None, show: bool = True) -> list[tuple[RunSpec, int]]:
+    """Run ``todo`` with a progress bar over the whole plan (in env steps).
+
+    :return: (spec, exit status) of every run started
+    """
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+
+    total_steps = sum(s.steps for s in plan)
+    done_steps = sum(s.steps for s in plan if s not in todo)
+    runner = Runner(jobs, out / "logs")
+    queue = list(todo)
+    results: list[tuple[RunSpec, int]] = []
+    finished_steps = done_steps
+    runs_done = len(plan) - len(todo)
+
+    def stop(signum, frame):  # noqa: ARG001
+        runner.stop_all()
+        raise SystemExit(128 + signum)
+
+    old_term = signal.signal(signal.SIGTERM, stop)
+    tty = show and sys.stdout.isatty()
+    last_line = 0.0
+    columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, disable=not tty, refresh_per_second=1) as progress:
+            bar = progress.add_task("plan (env steps)", total=total_steps, completed=done_steps,
+                                    info=f"runs {runs_done}/{len(plan)}")
+            while queue or runner.running:
+                while queue and len(runner.running) < jobs:
+                    runner.start(queue.pop(0))
+                for spec, rc, seconds in runner.poll():
+                    results.append((spec, rc))
+                    finished_steps += spec.steps
+                    runs_done += 1
+                    ok = rc == 0 and is_finished(spec)
+                    log = out / "logs" / f"{log_stem(spec.run_dir)}.log"
+                    status = f"finished in {seconds / 60:.1f} min" if ok else f"FAILED (exit {rc}), see {log}"
+                    progress.console.print(f"{spec.label}: {status}")
+                    if ok and on_finished is not None:
+                        try:
+                            on_finished(spec)
+                        except Exception as exc:  # a report error must not stop the plan
+                            progress.console.print(f"warning: results page not updated ({exc!r})")
+                live = sum(min(current_step(s.run_dir), s.steps) for s in runner.running)
+                names = ", ".join(s.label for s in runner.running)
+                progress.update(bar, completed=finished_steps + live,
+                                info=f"runs {runs_done}/{len(plan)}  now: {names}")
+                if show and not tty and time.time() - last_line > 60:  # logs and pipes: a line a minute
+                    last_line = time.time()
+                    print(f"[{datetime.now():%H:%M:%S}] plan {100 * (finished_steps + live) / total_steps:.0f}% "
+                          f"of {total_steps:,} env steps, runs {runs_done}/{len(plan)}, now: {names}", flush=True)
+                time.sleep(2.0)
+    except KeyboardInterrupt:
+        runner.stop_all()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, old_term)
+    return results
+
+
+# --------------------------------------------------------------------------- results page
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_line() -> str:
+    mem = ""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f", {int(line.split()[1]) / 1024 ** 2:.1f} GB RAM"
+    except OSError:
+        pass
+    import torch
+
+    return (f"{os.cpu_count()} cores ({cpu_model()}){mem}, CPU only; Python {platform.python_version()}, "
+            f"torch {torch.__version__}, {platform.system()} {platform.release()}")
+
+
+@dataclass
+class Setting:
+    """One ``<task>/<setting>`` folder with its finished runs."""
+
+    folder: Path
+    task: str
+    steps: int
+    overrides: list[str]
+    domain: str
+    frame_skip: int
+    for_tests: bool
+    runs: list[Any]  # prefrl.report.RunResult
+    random: dict[str, Any] | None
+
+
+def load_settings(out: Path) -> list[Setting]:
+    from prefrl.report import load_run
+
+    settings = []
+    for meta in sorted(out.glob("*/*/setting.json")):
+        folder = meta.parent
+        data = json.loads(meta.read_text())
+        try:
+            preset = load_preset(data["task"], data.get("overrides", []))
+        except PrefrlError:
+            continue
+        runs = []
+        for summary in sorted(folder.glob("*/seed*/summary.json")):
+            try:
+                runs.append(load_run(summary.parent))
+            except PrefrlError:
+                continue
+        random = json.loads((folder / "random.json").read_text()) if (folder / "random.json").is_file() else None
+        settings.append(Setting(folder, data["task"], int(data["steps"]), list(data.get("overrides", [])),
+                                preset.task.domain, preset.task.frame_skip, preset.task.for_tests, runs, random))
+    return settings
+
+
+def _fmt(x: float) -> str:
+    return f"{x:,.1f}" if abs(x) < 10_000 else f"{x:,.0f}"
+
+
+def _ratio(learned: float, true: float) -> float | None:
+    """learned / true; undefined when the true return is not positive (Reacher's returns
+    are negative: a ratio of negatives would reward doing worse)."""
+    return learned / true if true > 0 else None
+
+
+def _normalised(learned: float, true: float, random: float) -> float | None:
+    """(learned - random) / (true - random); undefined unless the true arm beats random."""
+    return (learned - random) / (true - random) if true > random else None
+
+
+def clearly_beats_random(true_returns: Sequence[float], random: dict[str, Any]) -> tuple[bool, float, float]:
+    """true mean - random mean > CLEAR_MARGIN x pooled std, the pooled std being
+    sqrt((std_true^2 + std_random^2) / 2) with std_true over seeds' final returns and
+    std_random over the random policy's episodes.
+
+    :return: (verdict, margin = true mean - random mean, pooled std)
+    """
+    true_mean = float(np.mean(true_returns))
+    pooled = math.sqrt((float(np.std(true_returns)) ** 2 + float(random["std"]) ** 2) / 2)
+    margin = true_mean - float(random["mean"])
+    return margin > CLEAR_MARGIN * pooled and margin > 0, margin, pooled
+
+
+def _group(runs: Iterable[Any]) -> dict[tuple[str, int], list[Any]]:
+    groups: dict[tuple[str, int], list[Any]] = defaultdict(list)
+    for r in runs:
+        groups[(r.arm, r.label_budget)].append(r)
+    return groups
+
+
+def run_load(run_dir: Path) -> float | None:
+    """Mean 1-minute load average while the run ran (recorded by the plan process)."""
+    path = run_dir.parents[3] / "logs" / f"{log_stem(run_dir)}.load.json"
+    try:
+        data = json.loads(path.read_text())
+        if Path(data["run_dir"]).resolve() == run_dir.resolve():
+            return float(data["mean_load1"])
+    except (OSError, ValueError, KeyError):
+        pass
+    return None
+
+
+def reward_model_note(members: Sequence[Any]) -> str:
+    """Mean held-out preference accuracy and correlation of learned with true segment
+    returns (recent segments) of the runs' last reward fit: what limits a learned arm."""
+    acc, corr = [], []
+    for r in members:
+        try:
+            stats = json.loads((r.run_dir / "summary.json").read_text()).get("reward_model") or {}
+        except (OSError, ValueError):
+            continue
+        if "val_accuracy" in stats:
+            acc.append(float(stats["val_accuracy"]))
+        if "segment_return_corr" in stats:
+            corr.append(float(stats["segment_return_corr"]))
+    parts = []
+    if acc:
+        parts.append(f"held-out accuracy {np.mean(acc):.2f}")
+    if corr:
+        parts.append(f"return corr. {np.mean(corr):.2f}")
+    return ", ".join(parts) if parts else "—"
+
+
+def setting_table(s: Setting) -> str:
+    groups = _group(s.runs)
+    true_runs = groups.get(("true", 0), [])
+    true_mean = float(np.mean([r.final_true_return for r in true_runs])) if true_runs else None
+    lines = ["| arm | seeds | env steps | final true return (mean ± std) | learned / true "
+             "| normalised (vs random) | labels used | wall time per run (mean) | reward model at the end |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for (arm, budget), members in sorted(groups.items(), key=lambda kv: (kv[0][0] != "true", -kv[0][1])):
+        finals = np.array([r.final_true_return for r in members])
+        mean, std = float(finals.mean()), float(finals.std())
+        ratio = norm = ""
+        if arm != "true" and true_mean is not None:
+            rr = _ratio(mean, true_mean)
+            ratio = f"{rr:.2f}" if rr is not None else "n/a (true ≤ 0)"
+            if s.random is not None:
+                nn = _normalised(mean, true_mean, float(s.random["mean"]))
+                norm = f"{nn:.2f}" if nn is not None else "n/a (true ≤ random)"
+        name = "true reward" if arm == "true" else f"learned, {budget} labels"
+        steps = int(np.mean([r.env_steps for r in members]))
+        labels = f"{np.mean([r.labels_used for r in members]):.0f}" if arm != "true" else "—"
+        wall = float(np.mean([r.wall_seconds for r in members]))
+        loads = [run_load(r.run_dir) for r in members]
+        loads = [x for x in loads if x is not None]
+        load_txt = f" (load {np.mean(loads):.1f})" if loads else " (load not recorded)"
+        seeds = ", ".join(str(r.seed) for r in sorted(members, key=lambda r: r.seed))
+        per_seed = ", ".join(_fmt(r.final_true_return) for r in sorted(members, key=lambda r: r.seed))
+        spread = f" (seeds: {per_seed})" if len(members) > 1 else ""
+        lines.append(f"| {name} | {len(members)} ({seeds}) | {steps:,} | {_fmt(mean)} ± {_fmt(std)}{spread} | {ratio} "
+                     f"| {norm} | {labels} | {wall / 60:.1f} min{load_txt} | {reward_model_note(members)} |")
+    if s.random is not None:
+        lines.append(f"| uniform-random policy | {s.random['episodes']} episodes | — | {_fmt(s.random['mean'])} "
+                     f"± {_fmt(s.random['std'])} | | 0 (by definition) | — | — | |")
+    return "\n".join(lines) + "\n"
+
+
+def _protocol_note(n_seeds: int, steps: int, min_steps: int) -> str:
+    notes = []
+    if n_seeds < TARGET_SEEDS:
+        notes.append(f"{n_seeds} of {TARGET_SEEDS} seeds")
+    if steps < min_steps:
+        notes.append(f"{steps:,} < {min_steps:,} steps")
+    return f" (provisional: {', '.join(notes)})" if notes else ""
+
+
+def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
+    """Rows of the targets table for MuJoCo and Atari."""
+    mujoco, atari = [], []
+    by_task: dict[str, list[Setting]] = defaultdict(list)
+    for s in settings:
+        by_task[s.task].append(s)
+    for task in MUJOCO_TARGET_TASKS:
+        for budget in (MUJOCO_TARGET_LABELS, MUJOCO_TARGET_LABELS // 2):
+            what = "target" if budget == MUJOCO_TARGET_LABELS else "also reported"
+            found = False
+            for s in by_task.get(task, []):
+                g = _group(s.runs)
+                t, learned = g.get(("true", 0)), g.get(("learned", budget))
+                if not t or not learned:
+                    continue
+                found = True
+                tm = float(np.mean([r.final_true_return for r in t]))
+                lm = float(np.mean([r.final_true_return for r in learned]))
+                ratio = _ratio(lm, tm)
+                seeds = min(len(t), len(learned))
+                note = _protocol_note(seeds, s.steps, MUJOCO_TARGET_MIN_STEPS)
+                verdict = "n/a" if ratio is None else ("**MET**" if ratio >= MUJOCO_TARGET_RATIO else "**NOT MET**")
+                rtxt = "n/a" if ratio is None else f"{ratio:.2f}"
+                mujoco.append(f"| {task} | {budget} ({what}) | {s.steps:,} | {seeds} | {rtxt} "
+                              f"| ≥ {MUJOCO_TARGET_RATIO:.1f} | {verdict}{note} |")
+            if not found:
+                mujoco.append(f"| {task} | {budget} ({what}) | — | 0 | — | ≥ {MUJOCO_TARGET_RATIO:.1f} "
+                              f"| not yet run |")
+    for s in settings:
+        if s.domain != "atari":
+            continue
+        g = _group(s.runs)
+        t = g.get(("true", 0))
+        learned_groups = [(b, m) for (a, b), m in g.items() if a == "learned"]
+        if not t or s.random is None:
+            atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | — | — | — | — | — | not yet run |")
+            continue
+        finals = [r.final_true_return for r in t]
+        clear, margin, pooled = clearly_beats_random(finals, s.random)
+        beat = (f"yes ({_fmt(margin)} > {CLEAR_MARGIN:g} × {_fmt(pooled)})" if clear
+                else f"no ({_fmt(margin)} ≤ {CLEAR_MARGIN:g} × {_fmt(pooled)})")
+        tm = float(np.mean(finals))
+        if not learned_groups:
+            atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | {_fmt(float(s.random['mean']))} | {_fmt(tm)} "
+                         f"| — | {beat} | — | learned arm not yet run |")
+        for budget, members in sorted(learned_groups):
+            lm = float(np.mean([r.final_true_return for r in members]))
+            seeds = min(len(t), len(members))
+            note = _protocol_note(seeds, s.steps * s.frame_skip, ATARI_TARGET_MIN_FRAMES)
+            if clear:
+                n = _normalised(lm, tm, float(s.random["mean"]))
+                ntxt = f"{n:.2f}"
+                verdict = ("**MET**" if n >= ATARI_TARGET_NORMALISED else "**NOT MET**") + note
+            else:
+                ntxt = "— (excluded)"
+                verdict = "excluded: the true arm does not clearly beat random at this budget"
+            atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | {_fmt(float(s.random['mean']))} | {_fmt(tm)} "
+                         f"| {_fmt(lm)} ({budget} labels) | {beat} | {ntxt} | {verdict} |")
+    return mujoco, atari
+
+
+def read_commands(out: Path) -> list[dict[str, Any]]:
+    path = out / "commands.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def missing_runs(out: Path, settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
+    """(runs of invoked plans that have not finished, default-suite tasks not yet run)."""
+    pending = []
+    seen = set()
+    for entry in read_commands(out):
+        for d in entry.get("planned", []):
+            if d in seen:
+                continue
+            seen.add(d)
+            if not (Path(d) / "summary.json").is_file():
+                pending.append(d)
+    not_run = []
+    for task in DEFAULT_TASKS:
+        preset = load_preset(task)
+        steps = default_steps(task, preset)
+        budgets = [atari_label_budget(steps, preset.task.frame_skip)] if preset.task.domain == "atari" \
+            else list(DEFAULT_LABELS)
+        expected = len(DEFAULT_SEEDS) * (1 + len(budgets))
+        finished = sum(len(s.runs) for s in settings
+                       if s.task == task and s.steps == steps and not s.overrides)
+        if finished == 0:
+            not_run.append(task)
+        elif finished < expected:
+            not_run.append(f"{task} ({finished} of its {expected} default runs finished)")
+    return pending, not_run
+
+
+def trend_note(s: Setting) -> str:
+    """Whether each arm's mean curve was still rising over the last quarter of the run."""
+    parts = []
+    for (arm, budget), members in sorted(_group(s.runs).items(), key=lambda kv: (kv[0][0] != "true", -kv[0][1])):
+        def window(r: Any, lo: float, hi: float) -> float:
+            inside = (r.eval_steps > lo * r.env_steps) & (r.eval_steps <= hi * r.env_steps)
+            return float(np.mean(r.eval_returns[inside])) if inside.any() else float(r.eval_returns[-1])
+
+        # Mean evaluation over the last quarter against the quarter before: robust to one bad evaluation.
+        end = float(np.mean([window(r, 0.75, 1.0) for r in members if len(r.eval_returns)]))
+        quarter = float(np.mean([window(r, 0.5, 0.75) for r in members if len(r.eval_returns)]))
+        scale = max(abs(end), abs(quarter), 1e-9)
+        rising = end - quarter > 0.05 * scale
+        name = "true arm" if arm == "true" else f"learned arm ({budget})"
+        parts.append(f"{name} {'still rising' if rising else 'flat or falling'} (mean evaluation "
+                     f"{_fmt(quarter)} in the third quarter of the run, {_fmt(end)} in the last)")
+    return "Mean curves: " + "; ".join(parts) + ": longer runs could change these numbers." \
+        if any("still rising" in p for p in parts) else "Mean curves: " + "; ".join(parts) + "."
+
+
+def limits(settings: Sequence[Setting]) -> list[str]:
+    """Facts that bound what the tables can show, computed from the settings."""
+    notes = []
+    for s in settings:
+        if not s.runs:
+            continue
+        preset_steps = load_preset(s.task, s.overrides).ppo.total_steps
+        seeds = sorted({r.seed for r in s.runs})
+        if s.steps < preset_steps:
+            notes.append(f"- {s.task}: {s.steps:,} env steps per run, the preset's full budget is "
+                         f"{preset_steps:,}. {trend_note(s)}")
+        if len(seeds) < TARGET_SEEDS:
+            notes.append(f"- {s.task}: {len(seeds)} seed(s) only; the spread over seeds is not measured "
+                         "and a verdict is provisional.")
+        ev = load_preset(s.task, s.overrides).eval
+        notes.append(f"- {s.task}: each final return is one evaluation of {ev.episodes} deterministic "
+                     "episodes; a seed's final number can differ from its curve's trend.")
+    notes.append("- Synthetic labels from a perfectly rational teacher (an upper bound on label quality); "
+                 "a person or a B-Pref irrational teacher gives noisier labels.")
+    return notes
+
+
+def write_results(out: Path, results: Path) -> Path:
+    """Rebuild the results page from every finished run under ``out``."""
+    from prefrl.report import compare
+
+    settings = load_settings(out)
+    plots_dir = results.parent / "results"
+    sections = []
+    for s in settings:
+        if not s.runs:
+            continue
+        compare([r.run_dir for r in s.runs], s.folder)
+        plots_dir.mkdir(parents=True, exist_ok=True)
+        png = plots_dir / f"{s.task}-{s.folder.name}.png"
+        shutil.copyfile(s.folder / "comparison.png", png)
+        rel = os.path.relpath(png, results.parent)
+        starts = []
+        for r in s.runs:
+            try:
+                starts.append(json.loads((r.run_dir / "config.json").read_text())["started"])
+            except (OSError, ValueError, KeyError):
+                pass
+        when = f"{min(starts)[:16].replace('T', ' ')} to {max(starts)[:16].replace('T', ' ')}" if starts else "unknown"
+        frames = f" = {s.steps * s.frame_skip:,} frames" if s.domain == "atari" else ""
+        overrides = f"; overrides: `{' '.join(s.overrides)}`" if s.overrides else ""
+        test = " [test preset, not part of the benchmark]" if s.for_tests else ""
+        sections.append(
+            f"### {s.task}, {s.steps:,} env steps{frames}{test}\n\n"
+            f"Runs in `{s.folder}`{overrides}; started {when}.\n\n" + setting_table(s)
+            + f"\n![{s.task} learning curves]({rel})\n"
+        )
+    mujoco_rows, atari_rows = target_rows(settings)
+    pending, not_run = missing_runs(out, settings)
+    commands = read_commands(out)
+    now = datetime.now().strftime("%Y-%m-%d %H:%M")
+
+    parts = [
+        "# Results: learned reward vs true reward\n",
+        "Generated by `scripts/benchmark_quality.py` from the runs that actually finished under "
+        f"`{out}`; every number below is read from their `summary.json` / `eval.csv`. "
+        f"Page written {now}.\n",
+        f"**Machine:** {machine_line()}.\n",
+        "**Protocol** (`../shared/design.md`, issue 4): both arms run the same PPO, preprocessing, seeds and "
+        "number of env steps; the learned arm never sees the true reward and gets its labels from the "
+        "perfectly rational synthetic teacher. The *final true return* of a run is its last evaluation: "
+        "the mean true return of the preset's `eval.episodes` deterministic episodes under the task's real "
+        "termination rules. *learned / true* is the ratio of the means over seeds (undefined when the true "
+        "mean is ≤ 0, e.g. Reacher). *normalised* is (learned − random) / (true − random), random being a "
+        "uniform-random policy measured by the script on the evaluation env. 25% of each label budget is "
+        "collected from the random policy before RL starts. Atari label budget: the paper's 3,300 labels "
+        f"for 50M frames scaled by frames, max({ATARI_LABEL_FLOOR}, round(3300 × frames / 50M)) "
+        f"({ATARI_LABEL_FLOOR} at 1M frames). An Atari game counts only where the true arm *clearly beats "
+        f"random*: true mean − random mean > {CLEAR_MARGIN:g} × pooled std, pooled std = "
+        "√((std over seeds² + std over random episodes²) / 2).\n",
+        "**Wall time** is per run, with the mean 1-minute load average of the machine while the arm's runs ran "
+        f"(recorded by the script; {os.cpu_count()} cores means a load of {os.cpu_count()} is fully busy). The "
+        "machine may be shared, so compare wall times within one table at similar load; "
+        "`scripts/benchmark_speed.py` measures throughput properly.\n",
+        "## Targets\n",
+        f"MuJoCo: learned / true ≥ {MUJOCO_TARGET_RATIO:.1f} with {MUJOCO_TARGET_LABELS} synthetic labels, "
+        f"{TARGET_SEEDS} seeds, ≥ {MUJOCO_TARGET_MIN_STEPS:,} env steps (default budget of this script: "
+        f"{DEFAULT_STEPS['halfcheetah']:,} steps, the issue's minimum: the presets' "
+        f"{load_preset('halfcheetah').ppo.total_steps:,} would multiply the 27 runs of 3 tasks × 3 seeds × 3 arms, "
+        "already a long day on 2 cores, by more than 3). A verdict on fewer seeds or steps is marked provisional.\n",
+        "| task | labels | env steps | seeds | learned / true | target | verdict |",
+        "|---|---|---|---|---|---|---|",
+        *mujoco_rows,
+        "",
+        f"Atari: normalised score ≥ {ATARI_TARGET_NORMALISED} at ≥ {ATARI_TARGET_MIN_FRAMES:,} frames "
+        f"(default: {ATARI_DEFAULT_STEPS:,} agent steps = {ATARI_DEFAULT_STEPS * 4:,} frames), on the games "
+        "where the true arm clearly beats random.\n",
+    ]
+    if atari_rows:
+        parts += ["| game | frames | random | true | learned | true clearly beats random? | normalised | verdict |",
+                  "|---|---|---|---|---|---|---|---|", *atari_rows, ""]
+    else:
+        parts.append("No Atari game has been run yet.\n")
+    parts.append("## Per task\n")
+    parts += sections or ["No run has finished yet.\n"]
+    parts.append("## Limits of these numbers\n")
+    parts += limits(settings) + [""]
+    parts.append("## Not yet run\n")
+    parts.append(f"Default plan ({len(DEFAULT_SEEDS)} seeds, true arm + learned arms, default steps) "
+                 "not yet complete for: "
+                 + (", ".join(not_run) if not_run else "none") + ".\n")
+    if pending:
+        parts.append("Planned runs that have not finished (interrupted or still running):\n")
+        parts += [f"- `{d}`" for d in pending]
+        parts.append("")
+    parts.append("## Commands\n")
+    parts.append("Run from the repository root with the README's environment (`.venv`), one job at a time:\n")
+    if commands:
+        dates: dict[str, list[str]] = defaultdict(list)  # a resumed plan repeats its command
+        for c in commands:
+            dates[c["command"]].append(c["date"].replace("T", " ")[:16])
+        parts.append("```")
+        for command, when in dates.items():
+            again = f" (resumed {len(when) - 1}x, last {when[-1]})" if len(when) > 1 else ""
+            parts.append(f"# {when[0]}{again}\n{command}")
+        parts.append("```\n")
+    else:
+        parts.append("(none recorded)\n")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(parts) + "\n")
+    os.replace(tmp, results)
+    return results
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _display_command(argv: Sequence[str]) -> str:
+    script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
+    return "python " + shlex.join([script, *argv])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("tasks", nargs="*", default=list(DEFAULT_TASKS),
+                   help=f"preset names (default: {' '.join(DEFAULT_TASKS)})")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS))
+    p.add_argument("--labels", type=int, nargs="+", default=list(DEFAULT_LABELS),
+                   help="label budgets of the learned arm, MuJoCo/classic tasks (default 700 350)")
+    p.add_argument("--atari-labels", type=int, nargs="+",
+                   help="label budgets of Atari tasks (default: the paper's 3,300 scaled to the frames, floor 500)")
+    p.add_argument("--steps", type=int,
+                   help="env steps of every run (default per task: " + ", ".join(
+                       f"{k} {v:,}" for k, v in DEFAULT_STEPS.items()) + f", Atari {ATARI_DEFAULT_STEPS:,})")
+    p.add_argument("--out", type=Path, default=Path("runs/benchmark_quality"), help="folder of the runs")
+    p.add_argument("--results", type=Path, default=Path("docs/results.md"), help="results page to write")
+    p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="preset override passed to every run (repeatable)")
+    p.add_argument("--random-episodes", type=int, default=DEFAULT_RANDOM_EPISODES,
+                   help="episodes of the uniform-random policy per task")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the results page")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
+    p.add_argument("--run-one", type=Path, help=argparse.SUPPRESS)
+    return p
+
+
+def lift_overrides(args: argparse.Namespace) -> None:
+    """``--set ppo.total_steps=N`` / ``--set labels.budget=N`` mean ``--steps N`` /
+    ``--labels N``: steps and budgets name the run folders, so they are plan settings."""
+    kept = []
+    for item in args.overrides:
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key in ("ppo.total_steps", "labels.budget"):
+            try:
+                number = int(value.strip().replace("_", ""))
+            except ValueError:
+                raise PrefrlError(f"--set {item!r}: {key} must be a whole number") from None
+            if key == "ppo.total_steps":
+                args.steps = number
+            else:
+                args.labels = [number]
+        else:
+            kept.append(item)
+    args.overrides = kept
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.run_one is not None:
+        return run_one(args.run_one)
+    try:
+        if args.report_only:
+            print(f"wrote {write_results(args.out, args.results)}")
+            return 0
+        if args.jobs < 1 or args.random_episodes < 1 or any(b < 1 for b in args.labels):
+            raise PrefrlError("--jobs, --random-episodes and --labels must be positive")
+        lift_overrides(args)
+        plan = build_plan(args.tasks, args.seeds, args.labels, args.out, steps=args.steps,
+                          atari_budgets=args.atari_labels, user_overrides=args.overrides)
+        if args.dry_run:
+            for spec in plan:
+                print(f"{spec.label:<44} {spec.steps:>10,} steps  {'done' if is_finished(spec) else 'to do'}  {spec.run_dir}")
+            return 0
+        lock = acquire_lock(args.out)
+        try:
+            with open(args.out / "commands.jsonl", "a") as fh:
+                fh.write(json.dumps({"date": datetime.now().isoformat(timespec="seconds"),
+                                     "command": _display_command(argv),
+                                     "planned": [str(s.run_dir) for s in plan]}) + "\n")
+            write_setting_files(plan, args.overrides)
+            done, todo = prepare(plan)
+            print(f"plan: {len(plan)} runs, {len(done)} finished (reused), {len(todo)} to run, "
+                  f"{sum(s.steps for s in todo):,} env steps to go; {args.jobs} job(s)", flush=True)
+            for folder, task in sorted({(s.run_dir.parent.parent, s.task) for s in plan}):
+                preset = load_preset(task, args.overrides)
+                r = random_baseline(folder, preset, args.random_episodes)
+                print(f"random policy, {task}: {r['mean']:.1f} ± {r['std']:.1f} over {r['episodes']} episodes", flush=True)
+            write_results(args.out, args.results)
+            results = execute(plan, todo, args.jobs, args.out,
+                              on_finished=lambda spec: write_results(args.out, args.results),
+                              )
+            write_results(args.out, args.results)
+        finally:
+            lock.unlink(missing_ok=True)
+        failed = [s.label for s, rc in results if rc != 0]
+        print(f"wrote {args.results}" + (f"; failed runs: {', '.join(failed)}" if failed else ""))
+        return 1 if failed else 0
+    except PrefrlError as exc:
+        print(f"benchmark_quality: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("benchmark_quality: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
