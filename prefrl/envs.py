@@ -347,8 +347,10 @@ def _make_atari(preset: Preset, evaluation: bool, render_mode: str | None, recor
         env = MaxAndSkipEnv(env, skip=task.frame_skip)
     if task.fire_reset:
         env = FireOnReset(env)
+    if record_frames and task.show_unmasked_frames:
+        env = RecordFrame(env)  # people see the score; the agent and reward model still don't
     env = ScoreMask(env, task.mask_regions)
-    if record_frames:
+    if record_frames and not task.show_unmasked_frames:
         env = RecordFrame(env)
     env = GrayscaleObservation(env, keep_dim=False)
     env = ResizeObservation(env, (task.screen_size, task.screen_size))

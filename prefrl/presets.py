@@ -54,6 +54,9 @@ class TaskSettings:
     :param screen_size: Atari: side of the square grayscale observation
     :param frame_stack: Atari: number of stacked frames
     :param fire_reset: Atari: press FIRE after reset for games that need it to start
+    :param show_unmasked_frames: Atari: show people the frames with the score (the agent
+        and the reward model still see it blacked out); by default people see what the
+        agent sees, so labels cannot depend on what the agent cannot observe
     :param for_tests: a small preset for fast tests, not part of the benchmark suite
     :param sticky_action_prob: Atari: probability that the emulator repeats the previous
         action instead of the new one (ALE's ``repeat_action_probability``); 0 as in the
@@ -76,6 +79,7 @@ class TaskSettings:
     screen_size: int = 84
     frame_stack: int = 4
     fire_reset: bool = False
+    show_unmasked_frames: bool = False
     for_tests: bool = False
     sticky_action_prob: float = 0.0
     on_termination: str = "continue"

@@ -243,3 +243,20 @@ def test_nonfinite_observation_restarts_the_simulation_in_place() -> None:
     assert not terminated and not truncated
     assert [r[3] for r in results] == [False] * 4 + [True]
     assert all(np.isfinite(r[0]).all() for r in results)
+
+
+def test_people_may_be_shown_the_unmasked_frames_while_the_agent_is_not() -> None:
+    masked_preset = load_preset("pong")
+    unmasked_preset = load_preset("pong", ["task.show_unmasked_frames=true"])
+    top, bottom, left, right = masked_preset.task.mask_regions[0]
+    frames = {}
+    for name, preset in (("masked", masked_preset), ("unmasked", unmasked_preset)):
+        env = make_env(preset, record_frames=True)
+        obs, _ = env.reset(seed=0)
+        for _ in range(5):
+            obs, _, _, _, info = env.step(0)
+        frames[name] = (obs, info["frame"])
+    # the agent's observation is the same either way; only what people see differs
+    np.testing.assert_array_equal(frames["masked"][0], frames["unmasked"][0])
+    assert not frames["masked"][1][top:bottom, left:right].any()
+    assert frames["unmasked"][1][top:bottom, left:right].any(), "the score area is visible to people"
