@@ -728,6 +728,9 @@ class RewardModel:
         # held per minibatch, so a prediction waits for at most one step.
         self._lock = threading.RLock()
         self.net.eval()  # the resting state: ready to predict
+        # (net, norm_mean, norm_std) that predict() serves while frozen, see freeze_predictions.
+        self._frozen: tuple[RewardNet, Tensor, Tensor] | None = None
+        self._frozen_net: RewardNet | None = None
 
     # ---------------------------------------------------------------- properties
 
@@ -964,8 +967,12 @@ class RewardModel:
     # ---------------------------------------------------------------- prediction
 
     @torch.no_grad()
-    def _raw_rewards(self, observations: np.ndarray, actions: np.ndarray | None) -> Tensor:
-        """``(M, N)`` raw rewards of shared inputs, eval mode, in chunks."""
+    def _raw_rewards(self, observations: np.ndarray, actions: np.ndarray | None, net: RewardNet | None = None) -> Tensor:
+        """``(M, N)`` raw rewards of shared inputs, eval mode, in chunks.
+
+        :param net: another network of the same shape (the frozen copy); it is never
+            trained, so it needs no lock
+        """
         observations = np.asarray(observations)
         if tuple(observations.shape[1:]) != self.observation_shape:
             raise PrefrlError(
@@ -976,10 +983,12 @@ class RewardModel:
         if self.net.uses_actions and actions is None:
             raise PrefrlError("reward model: this model needs actions beside the observations")
         out = torch.empty(self.n_members, n)
-        with self._lock, _mode(self.net, False):
+        net = self.net if net is None else net
+        lock = self._lock if net is self.net else contextlib.nullcontext()
+        with lock, _mode(net, False):
             for start in range(0, n, self.inference_batch):
                 stop = start + self.inference_batch
-                out[:, start:stop] = self.net(
+                out[:, start:stop] = net(
                     self._obs_tensor(observations[start:stop]),
                     None if actions is None else self._actions_tensor(np.asarray(actions)[start:stop]),
                 )
@@ -987,9 +996,45 @@ class RewardModel:
 
     def _normalised_rewards(self, observations: np.ndarray, actions: np.ndarray | None) -> Tensor:
         """``(M, N)`` normalised rewards (weights and statistics of the same moment)."""
+        frozen = self._frozen
+        if frozen is not None:
+            net, mean, std = frozen
+            raw = self._raw_rewards(observations, actions, net)
+            return (raw - mean[:, None]) / std[:, None] * self.settings.output_std
         with self._lock:
             raw = self._raw_rewards(observations, actions)
             return (raw - self.norm_mean[:, None]) / self.norm_std[:, None] * self.settings.output_std
+
+    def freeze_predictions(self) -> None:
+        """Serve :meth:`predict` and :meth:`member_rewards` from a copy of the current
+        weights and output normalisation until :meth:`thaw_predictions`.
+
+        Training can then run in another thread while the agent's rewards keep coming
+        from one fixed model, so they do not depend on how far training has got (a run
+        stays deterministic) and prediction never waits for a training minibatch.
+        Everything else (segment returns, preference probabilities, normalisation
+        updates) keeps using the live, trained network.
+        """
+        with self._lock:
+            if self._frozen_net is None:
+                # A throwaway generator: building the copy must not draw from torch's global RNG.
+                self._frozen_net = make_reward_net(
+                    self.observation_space, self.action_space, self.settings,
+                    generator=torch.Generator().manual_seed(0),
+                    channels_last=bool(getattr(self.net, "channels_last", True)),
+                )
+                self._frozen_net.requires_grad_(False)
+            self._frozen_net.load_state_dict(self.net.state_dict())
+            self._frozen_net.eval()
+            self._frozen = (self._frozen_net, self.norm_mean.clone(), self.norm_std.clone())
+
+    def thaw_predictions(self) -> None:
+        """Predict with the live network again (see :meth:`freeze_predictions`)."""
+        self._frozen = None
+
+    @property
+    def predictions_frozen(self) -> bool:
+        return self._frozen is not None
 
     def member_rewards(self, observations: np.ndarray, actions: np.ndarray | None = None) -> np.ndarray:
         """Normalised reward of every member for each step.
@@ -1031,6 +1076,34 @@ class RewardModel:
             # A constant member (e.g. before training) must not divide by zero.
             self.norm_std = raw.std(1, unbiased=False).clamp_min(1e-8)
             return self.norm_mean.numpy().copy(), self.norm_std.numpy().copy()
+
+    @torch.no_grad()
+    def normalize_on_segments(self, segments: Sequence[Segment]) -> np.ndarray:
+        """:meth:`update_normalization` on every step of ``segments``, then their
+        :meth:`segment_returns`, with a single pass of the network over the steps.
+
+        :param segments: e.g. the most recent segments of the buffer
+        :return: ``(M, K)`` float32 normalised segment returns (after the update)
+        """
+        if not segments:
+            raise PrefrlError("normalize_on_segments needs at least one segment")
+        lengths = np.array([len(seg) for seg in segments], dtype=np.int64)
+        per_chunk = max(1, self.inference_batch // int(lengths.max()))
+        with self._lock:
+            raws = []
+            for start in range(0, len(segments), per_chunk):
+                chunk = segments[start : start + per_chunk]
+                obs = np.concatenate([seg.observations for seg in chunk])
+                act = np.concatenate([seg.actions for seg in chunk]) if self.net.uses_actions else None
+                raws.append(self._raw_rewards(obs, act))
+            raw = torch.cat(raws, dim=1)
+            self.norm_mean = raw.mean(1)
+            self.norm_std = raw.std(1, unbiased=False).clamp_min(1e-8)
+            owner = torch.as_tensor(np.repeat(np.arange(len(segments)), lengths))
+            sums = torch.zeros(self.n_members, len(segments)).index_add_(1, owner, raw)
+            steps = torch.as_tensor(lengths, dtype=torch.float32)
+            normalised = (sums - steps[None, :] * self.norm_mean[:, None]) / self.norm_std[:, None]
+        return (normalised * self.settings.output_std).numpy().astype(np.float32)
 
     def _segment_raw_returns(self, segments: Sequence[Segment]) -> Tensor:
         """``(M, K)`` raw returns; segments are concatenated and run in chunks."""
