@@ -139,3 +139,28 @@ def test_results_page_from_finished_runs_only(bq, tmp_path):
     assert (tmp_path / "docs" / "results" / "halfcheetah-300000steps.png").is_file()
     assert "](results/halfcheetah-300000steps.png)" in page
     assert "cores (" in page and "python x" in page
+
+
+def test_records_survive_the_run_folders(bq, tmp_path):
+    """A fresh clone has the records but not the runs: the page keeps the numbers and
+    the plan does not run them again."""
+    out, records = tmp_path / "runs", tmp_path / "records"
+    plan = bq.build_plan(["halfcheetah"], [0], [700], out, steps=300_000)
+    bq.write_setting_files(plan, [])
+    for spec in plan:
+        _fake_run(spec.run_dir, spec.task, spec.arm, spec.seed, spec.budget,
+                  1000.0 if spec.arm == "true" else 900.0, spec.steps)
+    (out / "commands.jsonl").write_text(json.dumps({"date": "2026-01-01T10:00:00", "command": "python x",
+                                                    "planned": [str(s.run_dir) for s in plan]}) + "\n")
+    bq.save_records(out, records)
+    bq.save_records(out, records)  # idempotent: the command log is not doubled
+    assert len((records / "commands.jsonl").read_text().splitlines()) == 1
+    for spec in plan:
+        kept = bq.record_dir(spec.run_dir, records)
+        assert sorted(p.name for p in kept.iterdir()) == ["config.json", "eval.csv", "summary.json"]
+    import shutil
+    shutil.rmtree(out)
+    done, todo = bq.prepare(plan, records)
+    assert (len(done), len(todo)) == (2, 0)
+    page = bq.write_results(records, tmp_path / "results.md").read_text()
+    assert "| halfcheetah | 700 (target) | 300,000 | 1 | 0.90 |" in page
