@@ -8,6 +8,7 @@ fix, and exit status 2.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,27 @@ DEMO_OVERRIDES = (
 
 
 
+
+
+#: Seconds between checkpoints of a run unless --checkpoint-every says otherwise.
+DEFAULT_CHECKPOINT_SECONDS = 600.0
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def checkpoint_interval(text: str) -> tuple[int, float]:
+    """``--checkpoint-every``: ``"50000"`` -> ``(50000, 0.0)`` (steps), ``"10m"`` ->
+    ``(0, 600.0)`` (seconds; units s, m, h); ``"0"`` only at the start and on signals."""
+    value = text.strip().lower()
+    unit = _DURATION_UNITS.get(value[-1:]) if value else None
+    number = value[:-1] if unit else value
+    try:
+        amount = float(number) if unit else int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a number of steps nor a duration; give e.g. 50000, 90s, 10m or 1h") from None
+    if not amount >= 0 or amount == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite interval >= 0; give e.g. 50000, 90s, 10m or 1h")
+    return (0, amount * unit) if unit else (int(amount), 0.0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a preset setting, e.g. --set ppo.n_envs=4 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--checkpoint-every", type=checkpoint_interval, default=(0, DEFAULT_CHECKPOINT_SECONDS),
+                       metavar="STEPS|DURATION",
+                       help="write the run's checkpoint every STEPS env steps (e.g. 50000) or every DURATION "
+                            "(e.g. 90s, 10m, 1h; default 10m); also at the start of learning and on Ctrl-C/SIGTERM. "
+                            "Rerunning the same command with the same --run-dir resumes an interrupted run")
+    train.add_argument("--force", action="store_true",
+                       help="resume a run even though it was started with other settings (they are listed otherwise)")
 
     compare = sub.add_parser("compare", help="compare runs: comparison.png, comparison.md and a table")
     compare.add_argument("run_dirs", nargs="+", type=Path, help="run directories or folders holding them")
@@ -92,22 +121,54 @@ def cmd_tasks() -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from prefrl.presets import load_preset
-    from prefrl.training import RunPaths, default_paths, train
+    from prefrl.training import RunInterrupted, RunPaths, default_paths, train
 
     preset = load_preset(args.task, _label_overrides(args))
     arm = args.reward
     paths = default_paths(preset.task.name, arm, args.seed)
     if args.run_dir is not None:
-        paths = RunPaths(run_dir=args.run_dir, clips_dir=Path("clips") / args.run_dir.resolve().name)
+        paths = RunPaths(run_dir=args.run_dir, clips_dir=_stored_clips_dir(args.run_dir)
+                         or Path("clips") / args.run_dir.resolve().name)
     if args.clips_dir is not None:
         paths = RunPaths(run_dir=paths.run_dir, clips_dir=args.clips_dir)
     if args.labels_from is not None and not (args.labels_from / "labels.sqlite").is_file():
         raise PrefrlError(f"--labels-from {args.labels_from}: no labels.sqlite there; give a folder made by `prefrl clips`")
-    summary = train(preset, arm=arm, seed=args.seed, paths=paths, teacher_kind=args.teacher,
-                    labels_from=args.labels_from, progress=not args.no_progress)
+    steps, seconds = args.checkpoint_every
+    try:
+        summary = train(preset, arm=arm, seed=args.seed, paths=paths, teacher_kind=args.teacher,
+                        labels_from=args.labels_from, progress=not args.no_progress,
+                        checkpoint_steps=steps, checkpoint_seconds=seconds, force=args.force)
+    except RunInterrupted as exc:
+        print(f"prefrl: {exc}; resume with: {_resume_command(args, paths)}", file=sys.stderr, flush=True)
+        return exc.exit_status
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once
+        print(f"prefrl: interrupted; the last checkpoint (if one was written) is kept; resume with: "
+              f"{_resume_command(args, paths)}", file=sys.stderr, flush=True)
+        return 130
     print(f"run finished: {paths.run_dir}  final true return {summary['final_true_return']:.1f}  "
           f"labels {summary['labels_used']}  {summary['wall_seconds']:.0f} s")
     return 0
+
+
+def _resume_command(args: argparse.Namespace, paths) -> str:
+    """The command line that continues this run: the same one (naming the run folder
+    when it was left to the default, whose name has a time stamp)."""
+    command = shlex.join(["prefrl", *args.argv])
+    if args.run_dir is None:
+        command += f" --run-dir {shlex.quote(str(paths.run_dir))}"
+    return command
+
+
+def _stored_clips_dir(run_dir: Path) -> Path | None:
+    """The clips folder an unfinished run in ``run_dir`` was started with (so that
+    rerunning the same command resumes it with its labels), else None."""
+    import json
+
+    try:
+        clips = json.loads((run_dir / "config.json").read_text()).get("clips_dir")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return Path(clips) if isinstance(clips, str) and clips else None
 
 
 def print_table(rows) -> None:
@@ -158,7 +219,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # for "resume with: ..." hints
     try:
         handler = getattr(args, "label_handler", None) or getattr(args, "suite_handler", None)
         if handler is not None:

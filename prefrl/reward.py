@@ -1256,3 +1256,40 @@ class RewardModel:
         )
         model.load(path)
         return model
+
+    # ---------------------------------------------------------------- run checkpoints
+
+    def run_state(self) -> dict[str, Any]:
+        """Everything to continue exactly where the model is: :meth:`state_dict` plus
+        the kept labels (with their validation split) and, while predictions are
+        frozen, the frozen weights. Copies, taken under the model's lock."""
+        import copy
+
+        with self._lock:
+            state = copy.deepcopy(self.state_dict())
+            state["labels"] = list(self._data.labels)
+            state["clip_length"] = self._data.clip_length
+            state["frozen"] = None
+            if self._frozen is not None:
+                net, mean, std = self._frozen
+                state["frozen"] = {"net": copy.deepcopy(net.state_dict()), "norm_mean": mean.clone(), "norm_std": std.clone()}
+            return state
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`run_state` into a model built with the same settings."""
+        with self._lock:
+            if state["frozen"] is not None:
+                # freeze_predictions copies the live network: load the frozen one first.
+                self.net.load_state_dict(state["frozen"]["net"])
+                self.norm_mean, self.norm_std = state["frozen"]["norm_mean"], state["frozen"]["norm_std"]
+                self.freeze_predictions()
+            else:
+                self.thaw_predictions()
+            self.net.load_state_dict(state["net"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.norm_mean, self.norm_std = state["norm_mean"].clone(), state["norm_std"].clone()
+            self.l2 = float(state["l2"])
+            self.train_calls = int(state["train_calls"])
+            self._rng.bit_generator.state = state["rng_state"]
+            self._torch_generator.set_state(state["torch_generator_state"])
+            self._data = self._label_set(list(state["labels"]), int(state["clip_length"]))

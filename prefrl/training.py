@@ -36,15 +36,19 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import json
-import os
 import platform
 import random
+import signal
+import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from types import FrameType
 from typing import Any, Sequence
 
 import gymnasium as gym
@@ -63,6 +67,23 @@ from stable_baselines3.common.vec_env import (
     VecNormalize,
 )
 
+from prefrl.checkpoint import (
+    RUN_DIR_SCHEMA,
+    StatefulEnv,
+    atomic_write_json,
+    atomic_write_text,
+    capture_vec_env,
+    check_run_dir_schema,
+    checkpoint_path,
+    flatten,
+    global_rng_states,
+    read_checkpoint,
+    restore_attributes,
+    restore_global_rng_states,
+    restore_vec_env,
+    setting_differences,
+    write_checkpoint,
+)
 from prefrl.envs import make_env
 from prefrl.errors import PrefrlError
 from prefrl.labels import LabelSchedule, LabelStore, Preference
@@ -120,7 +141,8 @@ def _env_factory(preset: Preset, evaluation: bool, clip_reward: bool, record_fra
         env = Monitor(env)
         if clip_reward:
             env = gym.wrappers.ClipReward(env, -1.0, 1.0)
-        return env
+        # Outermost: hands out the exact env state for run checkpoints (env_method).
+        return StatefulEnv(env)
 
     return factory
 
@@ -181,7 +203,10 @@ class RolloutRelabelCallback(BaseCallback):
     def _on_rollout_end(self) -> None:
         start = time.perf_counter()
         buffer = self.model.rollout_buffer
-        rewards = self.learned_env.relabel()
+        try:
+            rewards = self.learned_env.relabel()
+        except FloatingPointError as exc:
+            raise NonFiniteError(f"step {self.num_timesteps:,}: {exc}") from None
         if rewards.shape != buffer.rewards.shape:
             raise RuntimeError(
                 f"relabelling: {rewards.shape[0]} kept steps for a rollout buffer of {buffer.rewards.shape[0]}; "
@@ -223,6 +248,9 @@ class RewardFitter:
         self.mode = mode
         self.threads = max(1, int(threads))
         self._thread: threading.Thread | None = None
+        # A background fit was started and wait() has not collected it yet (it may have
+        # finished, or have been finished before a checkpoint and restored from it).
+        self._unwaited = False
         self._result: dict[str, float] | None = None
         self._error: BaseException | None = None
         #: fits started
@@ -242,7 +270,7 @@ class RewardFitter:
 
     def start(self, epochs: int) -> None:
         """Fit ``epochs`` epochs now (inline) or in a thread."""
-        if self._thread is not None:
+        if self._thread is not None or self._unwaited:
             raise RuntimeError("RewardFitter.start: the previous fit was not waited for")
         recent = list(self.buffer.segments)[-NORMALIZATION_SEGMENTS:]
         self.fits += 1
@@ -252,6 +280,7 @@ class RewardFitter:
             return
         if self.mode == "lagged":
             self.reward_model.freeze_predictions()
+        self._unwaited = True
         self._thread = threading.Thread(
             target=self._fit, args=(epochs, recent, True), name="prefrl-reward-fit", daemon=True
         )
@@ -295,9 +324,10 @@ class RewardFitter:
 
         :raises: whatever the fit raised
         """
-        if self._thread is not None:
+        if self._thread is not None or self._unwaited:
             self.join()
             self._thread = None
+            self._unwaited = False
             if self.mode == "lagged":
                 self.reward_model.thaw_predictions()
         result, error = self._result, self._error
@@ -305,6 +335,26 @@ class RewardFitter:
         if error is not None:
             raise error
         return result
+
+    def run_state(self) -> dict[str, Any]:
+        """Finish a running fit (a checkpoint must hold its result) and return the
+        fitter's state; an unwaited fit stays unwaited, so :meth:`wait` (and, lagged,
+        the thaw of the predictions) happens at the same point as without a checkpoint.
+
+        :raises: whatever a finished fit raised
+        """
+        self.join()
+        if self._error is not None:
+            self.wait()  # raises the fit's error
+        return {"fits": self.fits, "fit_seconds": self.fit_seconds, "wait_seconds": self.wait_seconds,
+                "result": copy.deepcopy(self._result), "unwaited": self._unwaited}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.fits = int(state["fits"])
+        self.fit_seconds, self.wait_seconds = float(state["fit_seconds"]), float(state["wait_seconds"])
+        self._thread, self._error = None, None
+        self._result = copy.deepcopy(state["result"])
+        self._unwaited = bool(state["unwaited"])
 
 
 class PreferenceCallback(BaseCallback):
@@ -375,6 +425,29 @@ class PreferenceCallback(BaseCallback):
         if self.learned_env.learned_episode_returns:
             self.logger.record("rollout/learned_ep_return", float(np.mean(self.learned_env.learned_episode_returns)))
 
+    def run_state(self) -> dict[str, Any]:
+        """Counters, the query randomness, the reward model, its fitter, the teacher and
+        the segment buffer (for a run checkpoint, between rollouts)."""
+        return {
+            "asked": self.asked, "labels_used": self.labels_used, "next_update": self.next_update,
+            "last_stats": dict(self.last_stats), "rng": copy.deepcopy(self.rng.bit_generator.state),
+            "fitter": self.fitter.run_state(),  # first: joins a running fit
+            "reward_model": self.reward_model.run_state(),
+            "teacher": {k: copy.deepcopy(v) for k, v in vars(self.teacher).items() if k not in _TEACHER_RESOURCES},
+            "buffer": self.buffer,  # pickled at once; shares segments with the model's labels
+        }
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.asked, self.labels_used = int(state["asked"]), int(state["labels_used"])
+        self.next_update, self.last_stats = int(state["next_update"]), dict(state["last_stats"])
+        # In place: the query selectors hold this very generator.
+        self.rng.bit_generator.state = state["rng"]
+        self.reward_model.load_run_state(state["reward_model"])
+        self.fitter.load_run_state(state["fitter"])
+        restore_attributes(self.teacher, state["teacher"])
+        # In place: the recorder, the fitter and this callback share the buffer.
+        self.buffer.__dict__.update(state["buffer"].__dict__)
+
     def finish_fit(self) -> None:
         """Wait for a running fit and keep its statistics (at the end of training too)."""
         stats = self.fitter.wait()
@@ -439,10 +512,30 @@ class TrueReturnEvalCallback(BaseCallback):
         self.csv_path = csv_path
         self.next_eval = 0
         self.last_mean = float("nan")
-        with open(csv_path, "w", newline="") as fh:
-            csv.writer(fh).writerow(EVAL_COLUMNS)
+        #: rows of eval.csv so far (a resumed run rewrites the file from the checkpoint's)
+        self.rows: list[list[float]] = []
+        self.resumed = False
+        self._write_rows()
+
+    def _write_rows(self) -> None:
+        text = io.StringIO()
+        csv.writer(text).writerows([EVAL_COLUMNS, *self.rows])
+        atomic_write_text(self.csv_path, text.getvalue())
+
+    def run_state(self) -> dict[str, Any]:
+        return {"next_eval": self.next_eval, "last_mean": self.last_mean, "rows": copy.deepcopy(self.rows)}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Continue a run: rows written after the checkpoint (by the interrupted
+        process) are dropped, and training does not start with an evaluation."""
+        self.next_eval, self.last_mean = int(state["next_eval"]), float(state["last_mean"])
+        self.rows = copy.deepcopy(state["rows"])
+        self.resumed = True
+        self._write_rows()
 
     def _on_training_start(self) -> None:
+        if self.resumed:
+            return
         self.evaluate()  # the curve starts at the untrained policy
         self.next_eval = self.num_timesteps + self.preset.eval.every_steps
 
@@ -463,8 +556,10 @@ class TrueReturnEvalCallback(BaseCallback):
             deterministic=self.preset.eval.deterministic, return_episode_rewards=True, warn=False,
         )
         mean, std = float(np.mean(returns)), float(np.std(returns))
+        row = [self.num_timesteps, mean, std, len(returns), float(np.mean(lengths))]
+        self.rows.append(row)
         with open(self.csv_path, "a", newline="") as fh:
-            csv.writer(fh).writerow([self.num_timesteps, mean, std, len(returns), float(np.mean(lengths))])
+            csv.writer(fh).writerow(row)
         self.logger.record("eval/mean_true_return", mean)
         self.last_mean = mean
         return mean
@@ -498,6 +593,337 @@ class ProgressCallback(BaseCallback):
     def _on_training_end(self) -> None:
         self.bar.update(self.num_timesteps - self.bar.n)
         self.bar.close()
+
+
+# --------------------------------------------------------------------------- crash safety
+
+#: Teacher attributes that are connections or settings, not state.
+_TEACHER_RESOURCES = ("store", "settings")
+#: Settings that may differ when a run is resumed: they cannot change its result.
+RESUME_IGNORED_SETTINGS = ("task.description",)
+#: ``version -> function(run_dir, config) -> config`` upgrading a run directory of that
+#: layout version to the next (none yet: version 1 is the first with checkpoints).
+RUN_DIR_MIGRATIONS: dict[int, Any] = {}
+
+
+class NonFiniteError(PrefrlError):
+    """An environment or the reward model produced NaN or an infinity."""
+
+
+class RunInterrupted(PrefrlError):
+    """SIGINT or SIGTERM stopped the run after it saved a checkpoint.
+
+    :param step: env steps of the saved checkpoint
+    :param signum: the signal
+    :param run_dir: the run directory
+    """
+
+    def __init__(self, step: int, signum: int, run_dir: Path) -> None:
+        self.step, self.signum, self.run_dir = int(step), int(signum), run_dir
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step:,}; "
+                         f"the run is saved in {checkpoint_path(run_dir)}")
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention for death by this signal (130 for SIGINT, 143 for SIGTERM)."""
+        return 128 + self.signum
+
+
+class _Halt(Exception):
+    """Raised at a rollout boundary after the stop checkpoint (caught by :func:`train`)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(step)
+        self.step = step
+
+
+class StopRequest:
+    """While learning, SIGINT and SIGTERM ask the run to stop at the next rollout
+    boundary with a checkpoint (the rollout under way is finished and learned from:
+    seconds for vector tasks). A second signal stops at once (``KeyboardInterrupt``);
+    the last checkpoint on disk stays valid, it is only older.
+
+    Signal handlers can only be set in the main thread; elsewhere (e.g. a worker
+    thread of a sweep) this does nothing and signals keep their usual effect.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        #: the first signal received, or None
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\nprefrl: {signal.Signals(signum).name} received: finishing this rollout to save a checkpoint "
+              "(send it again to stop at once and lose the steps since the last checkpoint)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def _check_finite(name: str, values: Any) -> None:
+    for tensor in values:
+        if not torch.isfinite(torch.as_tensor(tensor)).all():
+            raise NonFiniteError(f"{name} holds NaN or infinite values")
+
+
+@dataclass
+class RunParts:
+    """The objects whose state makes up a run checkpoint, and how to take and restore it.
+
+    A checkpoint is taken at the start of a rollout (after PPO learned from the previous
+    one): nothing is half done then except a background reward fit, which is finished
+    first (its result is the same whenever it finishes). Restoring the checkpoint into
+    objects built with the same settings continues the run bit for bit: PPO (weights,
+    Adam state, step and update counters, last observations), the env wrappers and
+    simulations, normalisation statistics, the reward model with its labels and
+    optimiser, the segment buffer, the teacher, the query counters and every random
+    generator (global ones included).
+
+    :param model: the PPO agent (its env is the training env)
+    :param eval_env: the evaluation env
+    :param evals: the evaluation callback
+    :param prefs: the preference callback (learned arm), else None
+    :param pretrain_steps: env steps before learning (random policy)
+    :param wall_seconds: wall time of the run's earlier sessions
+    """
+
+    model: PPO
+    eval_env: VecEnv
+    evals: TrueReturnEvalCallback
+    prefs: PreferenceCallback | None
+    pretrain_steps: int = 0
+    wall_seconds: float = 0.0
+    session_start: float = 0.0
+
+    def elapsed(self) -> float:
+        """Wall seconds of all sessions so far."""
+        return self.wall_seconds + time.time() - self.session_start
+
+    def capture(self) -> dict[str, Any]:
+        """The state to checkpoint.
+
+        :raises NonFiniteError: a network or a normaliser holds NaN or infinities (a
+            checkpoint must never keep them)
+        """
+        model = self.model
+        prefs_state = self.prefs.run_state() if self.prefs is not None else None
+        self.check_finite()
+        return {
+            "ppo": {
+                "params": copy.deepcopy(model.get_parameters()),
+                "num_timesteps": int(model.num_timesteps),
+                "last_obs": copy.deepcopy(model._last_obs),
+                "last_episode_starts": copy.deepcopy(model._last_episode_starts),
+                "last_original_obs": copy.deepcopy(model._last_original_obs),
+                "n_updates": int(model._n_updates),
+                "progress_remaining": float(model._current_progress_remaining),
+                "episode_num": int(model._episode_num),
+                "ep_info_buffer": list(model.ep_info_buffer or []),
+                "ep_success_buffer": list(model.ep_success_buffer or []),
+            },
+            "venv": capture_vec_env(model.get_env()),
+            "eval_env": capture_vec_env(self.eval_env),
+            "evals": self.evals.run_state(),
+            "prefs": prefs_state,
+            "pretrain_steps": int(self.pretrain_steps),
+            "wall_seconds": self.elapsed(),
+            "rng": global_rng_states(),
+        }
+
+    def check_finite(self) -> None:
+        """:raises NonFiniteError: the policy, the reward model or a normaliser is not finite"""
+        _check_finite("the policy's weights", self.model.policy.state_dict().values())
+        if self.prefs is not None:
+            rm = self.prefs.reward_model
+            _check_finite("the reward model's weights", [*rm.net.state_dict().values(), rm.norm_mean, rm.norm_std])
+        env = self.model.get_env()
+        if isinstance(env, VecNormalize):
+            # obs_rms exists only with norm_obs
+            stats = [vars(env).get(name) for name in ("obs_rms", "ret_rms")]
+            _check_finite("the normaliser statistics", [v for rms in stats if rms is not None for v in (rms.mean, rms.var)])
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Put a :meth:`capture` state into objects built with the same settings. The
+        global random states come last: building the objects may have drawn from them."""
+        model, ppo = self.model, state["ppo"]
+        model.set_parameters(ppo["params"], exact_match=True, device="cpu")
+        model.num_timesteps = ppo["num_timesteps"]
+        model._last_obs = ppo["last_obs"]
+        model._last_episode_starts = ppo["last_episode_starts"]
+        model._last_original_obs = ppo["last_original_obs"]
+        model._n_updates = ppo["n_updates"]
+        model._current_progress_remaining = ppo["progress_remaining"]
+        model._episode_num = ppo["episode_num"]
+        model.ep_info_buffer = deque(ppo["ep_info_buffer"], maxlen=model._stats_window_size)
+        model.ep_success_buffer = deque(ppo["ep_success_buffer"], maxlen=model._stats_window_size)
+        restore_vec_env(model.get_env(), state["venv"])
+        restore_vec_env(self.eval_env, state["eval_env"])
+        self.evals.load_run_state(state["evals"])
+        if self.prefs is not None:
+            self.prefs.load_run_state(state["prefs"])
+        self.pretrain_steps = int(state["pretrain_steps"])
+        self.wall_seconds = float(state["wall_seconds"])
+        restore_global_rng_states(state["rng"])
+
+
+class RunCheckpointer(BaseCallback):
+    """Writes the run checkpoint at rollout starts: the first one, then every
+    ``every_steps`` env steps or ``every_seconds`` seconds (whichever comes first; 0
+    turns either off), and when a stop was requested (then it halts the run). Also stops
+    the run when an environment returns a non-finite observation or reward.
+
+    :param run_dir: the run directory
+    :param parts: what the checkpoint holds
+    :param stop: the signal state
+    :param every_steps: env steps between checkpoints (0: not by steps)
+    :param every_seconds: seconds between checkpoints (0: not by time)
+    :param saved_step: step of the checkpoint the run resumed from, else None
+    """
+
+    def __init__(self, run_dir: Path, parts: RunParts, stop: StopRequest, every_steps: int = 0,
+                 every_seconds: float = 600.0, saved_step: int | None = None) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+        self.parts = parts
+        self.stop = stop
+        self.every_steps = max(0, int(every_steps))
+        self.every_seconds = max(0.0, float(every_seconds))
+        #: step of the last checkpoint on disk (None: none yet)
+        self.saved_step = saved_step
+        self._saved_at = time.monotonic()
+        #: checkpoints written by this session
+        self.writes = 0
+
+    def _due(self, step: int) -> bool:
+        if self.saved_step is None:
+            return True
+        if step == self.saved_step:
+            return False
+        if self.every_steps and step - self.saved_step >= self.every_steps:
+            return True
+        return bool(self.every_seconds) and time.monotonic() - self._saved_at >= self.every_seconds
+
+    def _on_rollout_start(self) -> None:
+        step = self.num_timesteps
+        stopping = self.stop.signum is not None
+        if self._due(step) or (stopping and step != self.saved_step):
+            self.save(step)
+        if stopping:
+            raise _Halt(step)
+
+    def save(self, step: int) -> None:
+        """Write the checkpoint now.
+
+        :raises PrefrlError: the disk is full or unwritable (the previous checkpoint stays)
+        """
+        state = self.parts.capture()
+        try:
+            write_checkpoint(self.run_dir, step, state)
+        except OSError as exc:
+            kept = f"the checkpoint of step {self.saved_step:,} is kept" if self.saved_step is not None else "no checkpoint was written yet"
+            raise PrefrlError(
+                f"writing the checkpoint of step {step:,} to {checkpoint_path(self.run_dir)} failed "
+                f"({exc.strerror or exc}); {kept}: free space, then rerun the same command to resume"
+            ) from None
+        self.saved_step, self._saved_at = step, time.monotonic()
+        self.writes += 1
+
+    def _on_step(self) -> bool:
+        check_step_finite(self.locals, self.num_timesteps)
+        return True
+
+
+def check_step_finite(step_locals: dict[str, Any], step: int) -> None:
+    """Stop on a non-finite observation or reward of the vectorised step just taken.
+
+    :param step_locals: SB3's ``collect_rollouts`` locals (``new_obs``, ``rewards``, ``infos``)
+    :param step: env steps so far
+    :raises NonFiniteError: naming the step, the env and what was not finite
+    """
+    rewards = np.asarray(step_locals["rewards"])
+    infos = step_locals.get("infos") or []
+    true_rewards = np.array([info.get("true_reward", 0.0) for info in infos], dtype=np.float64)
+    observations = step_locals.get("new_obs")
+    checks = [("reward", rewards), ("reward", true_rewards)]
+    if isinstance(observations, np.ndarray) and np.issubdtype(observations.dtype, np.floating):
+        checks.append(("observation", observations.reshape(len(observations), -1)))
+    for what, values in checks:
+        if values.size and not np.isfinite(values).all():
+            bad = np.argwhere(~np.isfinite(values.reshape(len(values), -1)))[0]
+            value = values.reshape(len(values), -1)[tuple(bad)]
+            raise NonFiniteError(f"step {step:,}, env {int(bad[0])}: the environment returned a non-finite {what} ({value})")
+
+
+def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of ``config.json`` that decide a run's result, flat (``ppo.gamma``)."""
+    flat = {key: config.get(key) for key in ("task", "arm", "seed", "teacher", "relabel", "fit", "labels_from")}
+    clips = config.get("clips_dir")
+    flat["clips_dir"] = str(Path(clips).resolve()) if clips else None
+    # The same JSON round trip config.json went through (tuples become lists, inf stays).
+    preset = json.loads(json.dumps(config.get("preset") or {}))
+    flat.update({k: v for k, v in flatten(preset).items() if k not in RESUME_IGNORED_SETTINGS})
+    return flat
+
+
+def open_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+    """Decide what to do with a run directory: start, resume, or refuse.
+
+    - missing or empty: a new run;
+    - ``config.json`` of this layout, no ``summary.json``: the same run again, resumed
+      from ``checkpoint/state.pt`` (or started over if it stopped before its first
+      checkpoint), if it was started with the same settings (``--force``: whatever
+      differs is taken from the new settings);
+    - finished (``summary.json``), files without ``config.json``, a layout without a
+      version (made before runs had checkpoints; such finished runs stay readable by
+      ``compare``, ``video`` and ``report``, nothing on disk changes) or of a newer
+      version: refused.
+
+    :param run_dir: the run directory
+    :param config: the new run's ``config.json`` content
+    :param force: resume even though settings differ
+    :return: ``(checkpoint or None, differing settings accepted by force)``
+    :raises PrefrlError: the directory cannot be used for this run
+    """
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return None, []
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise PrefrlError(f"run directory '{run_dir}' already holds a run or other files (no config.json); "
+                          "give a new --run-dir")
+    try:
+        stored = json.loads(config_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PrefrlError(f"cannot read {config_path} ({exc}); give a new --run-dir") from None
+    if (run_dir / "summary.json").is_file():
+        raise PrefrlError(f"run directory '{run_dir}' already holds a run that finished (summary.json); "
+                          "give a new --run-dir")
+    schema = stored.get("run_dir_schema")
+    if schema is None:
+        raise PrefrlError(f"run directory '{run_dir}' already holds a run of an earlier prefrl without checkpoints, "
+                          "which cannot be resumed; give a new --run-dir")
+    check_run_dir_schema(schema, str(config_path))
+    while schema < RUN_DIR_SCHEMA:
+        stored = RUN_DIR_MIGRATIONS[schema](run_dir, stored)
+        schema += 1
+    differences = setting_differences(_comparable_config(stored), _comparable_config(config))
+    if differences and not force:
+        raise PrefrlError(f"{run_dir} was started with different settings: {', '.join(differences)}; "
+                          "resume with the same settings, or pass --force")
+    return read_checkpoint(run_dir), differences
 
 
 # --------------------------------------------------------------------------- the run
@@ -579,10 +1005,33 @@ def pretrain_from_fixed_labels(prefs: PreferenceCallback, clips_dir: Path, recor
     return steps
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+def _run_config(preset: Preset, arm: str, seed: int, paths: RunPaths, teacher_kind: str,
+                labels_from: Path | None, relabel: str, fit: str) -> dict[str, Any]:
+    """The content of ``config.json``: what the run is (compared when it is resumed)."""
+    learned = arm == "learned"
+    return {
+        "run_dir_schema": RUN_DIR_SCHEMA,
+        "task": preset.task.name, "arm": arm, "seed": seed, "teacher": teacher_kind if learned else None,
+        "run_dir": str(paths.run_dir), "clips_dir": str(paths.clips_dir) if learned else None,
+        "labels_from": str(Path(labels_from).resolve()) if learned and labels_from is not None else None,
+        "relabel": relabel if learned else None, "fit": fit if learned else None,
+        "preset": preset.to_dict(), "python": platform.python_version(), "torch": torch.__version__,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def _write_config(run_dir: Path, config: dict[str, Any], resumed: dict[str, Any] | None,
+                  changes: list[str]) -> None:
+    """Write ``config.json`` (new run), or, when a run resumes with ``--force``, the new
+    settings with the list of what was changed at which step."""
+    if resumed is not None and not changes:
+        return  # same settings: the file stays as the run's first session wrote it
+    if resumed is not None:
+        previous = json.loads((run_dir / "config.json").read_text())
+        config = {**config, "started": previous.get("started", config["started"]),
+                  "changed_on_resume": [*previous.get("changed_on_resume", []),
+                                        {"step": resumed["step"], "changes": changes}]}
+    atomic_write_json(run_dir / "config.json", config)
 
 
 def train(
@@ -598,8 +1047,15 @@ def train(
     relabel: str = "rollout",
     fit: str = "background",
     fit_threads: int = 1,
+    checkpoint_steps: int = 0,
+    checkpoint_seconds: float = 600.0,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train one run and return its summary (also written to ``summary.json``).
+
+    Given the directory of an interrupted run (same settings), the run continues from
+    its last checkpoint and ends exactly as it would have without the interruption
+    (see :func:`open_run_dir` and :class:`RunParts`).
 
     :param preset: the task's resolved settings
     :param arm: ``learned`` (PPO on the learned reward) or ``true`` (on the true reward)
@@ -618,6 +1074,13 @@ def train(
         result as ``inline``, where the agent waits for each fit) or ``lagged`` (rewards
         from the previous weights until the next update point); all deterministic
     :param fit_threads: torch threads of the background fit
+    :param checkpoint_steps: write the checkpoint every this many env steps (0: not by
+        steps); always at the start of learning and on SIGINT/SIGTERM
+    :param checkpoint_seconds: and at least every this many seconds (0: not by time)
+    :param force: resume a run even though it was started with other settings
+    :raises RunInterrupted: SIGINT/SIGTERM stopped the run after a checkpoint
+    :raises NonFiniteError: an env or the reward model produced NaN or infinity (the
+        last checkpoint is kept)
     """
     if arm not in ARMS:
         raise PrefrlError(f"unknown arm '{arm}'; use one of {', '.join(ARMS)}")
@@ -628,27 +1091,20 @@ def train(
     task = preset.task.name
     paths = paths or default_paths(task, arm, seed)
     run_dir = paths.run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise PrefrlError(f"run directory '{run_dir}' already holds a run; give a new --run-dir")
+    config = _run_config(preset, arm, seed, paths, teacher_kind, labels_from, relabel, fit)
+    resumed, changes = open_run_dir(run_dir, config, force)
     run_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(run_dir, config, resumed, changes)
     started = time.time()
 
-    # Seeding: one block, everything derives from `seed`.
+    # Seeding: one block, everything derives from `seed` (a resumed run then takes
+    # every generator's state from its checkpoint).
     random.seed(seed)
     np.random.seed(seed)
     set_random_seed(seed)
     rng = np.random.default_rng(seed)
     if preset.ppo.torch_threads > 0:
         torch.set_num_threads(preset.ppo.torch_threads)
-
-    config = {
-        "task": task, "arm": arm, "seed": seed, "teacher": teacher_kind if arm == "learned" else None,
-        "run_dir": str(run_dir), "clips_dir": str(paths.clips_dir) if arm == "learned" else None,
-        "relabel": relabel if arm == "learned" else None, "fit": fit if arm == "learned" else None,
-        "preset": preset.to_dict(), "python": platform.python_version(), "torch": torch.__version__,
-        "started": datetime.now().isoformat(timespec="seconds"),
-    }
-    _write_json(run_dir / "config.json", config)
 
     p = preset.ppo
     # People watch Atari clips as RGB frames; MuJoCo clips are rendered from physics states.
@@ -691,7 +1147,9 @@ def train(
             schedule=schedule, learned_env=learned_env, rng=rng,
             fitter=fitter,
         )
-        if labels_from is not None:
+        if resumed is not None:
+            pass  # the reward model, its labels and the segments come from the checkpoint
+        elif labels_from is not None:
             pretrain_steps = pretrain_from_fixed_labels(prefs, labels_from, recorder)
         else:
             pretrain_steps = pretrain_from_initial_labels(prefs, recorder, progress)
@@ -712,14 +1170,42 @@ def train(
         policy_kwargs={"net_arch": list(p.net_arch)} if p.policy == "MlpPolicy" else None,
         seed=seed, verbose=verbose, device="cpu",
     )
-    model.set_logger(configure(str(run_dir / "logs"), ["csv", "tensorboard"]))
     evals = TrueReturnEvalCallback(eval_env, preset, run_dir / "eval.csv")
-    # The relabeller first: every other rollout-end callback sees the rollout's real rewards.
+    parts = RunParts(model, eval_env, evals, prefs, pretrain_steps=pretrain_steps, session_start=started)
+    logs = run_dir / "logs"
+    if resumed is not None:
+        try:
+            parts.restore(resumed["state"])
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise PrefrlError(f"the checkpoint {checkpoint_path(run_dir)} does not fit these settings "
+                              f"({str(exc).splitlines()[0]}); resume with the settings that started the run") from None
+        # The interrupted session's log stays as it is; this session logs beside it.
+        logs = logs / f"resumed_at_{model.num_timesteps}"
+        print(f"resuming {run_dir} at step {model.num_timesteps:,} of {p.total_steps:,}", flush=True)
+    model.set_logger(configure(str(logs), ["csv", "tensorboard"]))
+    stop = StopRequest()
+    checkpointer = RunCheckpointer(run_dir, parts, stop, every_steps=checkpoint_steps, every_seconds=checkpoint_seconds,
+                                   saved_step=resumed["step"] if resumed is not None else None)
+    # The relabeller first: every other rollout-end callback sees the rollout's real
+    # rewards. The checkpointer last: it saves what the others did at a rollout start.
     callbacks: list[BaseCallback] = [c for c in (relabeller, evals, prefs) if c is not None]
     if progress:
         callbacks.append(ProgressCallback(p.total_steps, prefs, evals))
+    callbacks.append(checkpointer)
     learn_start, learn_cpu_start = time.perf_counter(), time.process_time()
-    model.learn(total_timesteps=p.total_steps, callback=CallbackList(callbacks))
+    try:
+        with stop:
+            model.learn(total_timesteps=max(0, p.total_steps - model.num_timesteps), callback=CallbackList(callbacks),
+                        reset_num_timesteps=resumed is None)
+    except _Halt as halt:
+        _close_run(venv, eval_env, prefs)
+        raise RunInterrupted(halt.step, stop.signum or signal.SIGINT, run_dir) from None
+    except (NonFiniteError, FloatingPointError) as exc:
+        _close_run(venv, eval_env, prefs)
+        where = "" if isinstance(exc, NonFiniteError) else f"step {model.num_timesteps:,}: "
+        kept = (f"its checkpoint of step {checkpointer.saved_step:,} is kept; fix the cause, then rerun the "
+                "same command to resume from it") if checkpointer.saved_step is not None else "no checkpoint was written"
+        raise NonFiniteError(f"{where}{exc}; the run is stopped, {kept}") from None
     learn_seconds = time.perf_counter() - learn_start
     learn_cpu_seconds = time.process_time() - learn_cpu_start  # all threads of the process
     final_wait = 0.0
@@ -742,19 +1228,19 @@ def train(
     if reward_model is not None and prefs is not None:
         reward_model.save(run_dir / "reward_model.pt")
         prefs.store.export_jsonl(run_dir / "labels.jsonl")
-        prefs.store.close()
         labels_used = prefs.labels_used
-    venv.close()
-    eval_env.close()
+    _close_run(venv, eval_env, prefs)
 
     summary = {
         "task": task, "arm": arm, "seed": seed, "env_steps": int(model.num_timesteps),
-        "pretrain_env_steps": int(pretrain_steps), "labels_used": int(labels_used),
+        "pretrain_env_steps": int(parts.pretrain_steps), "labels_used": int(labels_used),
         "label_budget": preset.labels.budget if arm == "learned" else 0,
-        "final_true_return": evals.last_mean, "wall_seconds": round(time.time() - started, 1),
+        "final_true_return": evals.last_mean, "wall_seconds": round(parts.elapsed(), 1),
         "learn_seconds": round(learn_seconds, 2), "learn_cpu_seconds": round(learn_cpu_seconds, 2),
         "reward_model": dict(prefs.last_stats) if prefs is not None else {},
     }
+    if resumed is not None:
+        summary["resumed_at_step"] = int(resumed["step"])  # learn_* seconds: this session only
     if prefs is not None:
         summary["reward_fitting"] = {
             "mode": fit, "fits": prefs.fitter.fits, "fit_seconds": round(prefs.fitter.fit_seconds, 2),
@@ -767,5 +1253,15 @@ def train(
         summary["relabel"] = {
             "mode": relabel, "seconds": round(relabeller.seconds, 2) if relabeller is not None else None,
         }
-    _write_json(run_dir / "summary.json", summary)
+    # Last: summary.json marks the run finished (a finished run is never resumed).
+    atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def _close_run(venv: VecEnv, eval_env: VecEnv, prefs: PreferenceCallback | None) -> None:
+    """Release the envs (worker processes) and the label store."""
+    if prefs is not None:
+        prefs.fitter.join()  # a background fit must not outlive its run
+        prefs.store.close()
+    venv.close()
+    eval_env.close()

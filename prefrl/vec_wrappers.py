@@ -18,9 +18,10 @@ reward scaling (:class:`ReturnNormalizer`, an exact replay of it).
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from stable_baselines3.common.running_mean_std import RunningMeanStd
@@ -77,6 +78,15 @@ class SegmentRecorder(VecEnvWrapper):
         self._last_obs = np.asarray(obs)
         return obs, rewards, dones, infos
 
+    def run_state(self) -> dict[str, Any]:
+        """Step counter and the last observation and actions (for a run checkpoint; the
+        segment buffer is checkpointed by its owner)."""
+        return {"num_steps": self.num_steps, "last_obs": _copy(self._last_obs), "actions": _copy(self._actions)}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.num_steps = int(state["num_steps"])
+        self._last_obs, self._actions = _copy(state["last_obs"]), _copy(state["actions"])
+
 
 class ReturnNormalizer:
     """``VecNormalize``'s reward scaling (``norm_reward=True``), replayed over a rollout.
@@ -104,6 +114,14 @@ class ReturnNormalizer:
     def reset(self) -> None:
         """A new start of all envs (``VecNormalize.reset`` zeroes the running returns)."""
         self.returns = np.zeros(self.num_envs)
+
+    def run_state(self) -> dict[str, Any]:
+        """The running statistics and returns (for a run checkpoint)."""
+        return {"ret_rms": copy.deepcopy(self.ret_rms), "returns": self.returns.copy()}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.ret_rms = copy.deepcopy(state["ret_rms"])
+        self.returns = np.array(state["returns"], dtype=np.float64)
 
     def __call__(self, rewards: np.ndarray, dones: np.ndarray) -> np.ndarray:
         """Scale a rollout's rewards, updating the statistics as ``VecNormalize`` would.
@@ -228,6 +246,27 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         self._last_obs = np.asarray(obs)
         return obs, rewards, dones, infos
 
+    def run_state(self) -> dict[str, Any]:
+        """What the wrapper carries from one rollout to the next (for a run checkpoint,
+        taken between rollouts: no steps are waiting for relabelling then)."""
+        if self._pending_obs:
+            raise RuntimeError("LearnedRewardVecEnv.run_state: steps are waiting for relabel(); checkpoint between rollouts")
+        return {
+            "last_obs": _copy(self._last_obs), "actions": _copy(self._actions),
+            "episode_learned": self._episode_learned.copy(),
+            "learned_episode_returns": list(self.learned_episode_returns),
+            "normalizer": self.normalizer.run_state() if self.normalizer is not None else None,
+        }
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        self.discard_pending()
+        self._last_obs, self._actions = _copy(state["last_obs"]), _copy(state["actions"])
+        self._episode_learned = np.array(state["episode_learned"], dtype=np.float64)
+        self.learned_episode_returns.clear()
+        self.learned_episode_returns.extend(state["learned_episode_returns"])
+        if self.normalizer is not None and state["normalizer"] is not None:
+            self.normalizer.load_run_state(state["normalizer"])
+
     def _learned(self, observations: np.ndarray, actions: np.ndarray) -> np.ndarray:
         learned = np.asarray(self.reward_fn(observations, actions), dtype=np.float32)
         if not np.all(np.isfinite(learned)):
@@ -299,6 +338,10 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         for t in range(steps):
             self._track_returns(learned[t], dones[t])
         return self.normalizer(learned, dones) if self.normalizer is not None else learned
+
+
+def _copy(array: np.ndarray | None) -> np.ndarray | None:
+    return None if array is None else np.array(array, copy=True)
 
 
 def _one_torch_thread() -> None:

@@ -1,0 +1,335 @@
+"""Crash-safe runs: an interrupted run resumed from its checkpoint ends exactly as an
+uninterrupted one; changed settings are refused; signals, a full disk, non-finite
+values and run directories of other layout versions are handled with clear messages."""
+
+from __future__ import annotations
+
+import csv
+import errno
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from stable_baselines3 import PPO
+
+import prefrl.checkpoint as checkpoint
+import prefrl.training as training
+from prefrl.checkpoint import RUN_DIR_SCHEMA, capture_env_state, checkpoint_path, read_checkpoint, restore_env_state
+from prefrl.cli import main
+from prefrl.envs import make_env
+from prefrl.errors import PrefrlError
+from prefrl.presets import load_preset
+from prefrl.reward import RewardModel
+from prefrl.training import NonFiniteError, RunCheckpointer, RunInterrupted, RunPaths, train
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Four rollouts of 256 steps; a query round at every rollout end.
+TINY = [
+    "ppo.total_steps=1024", "ppo.n_steps=256", "ppo.batch_size=64", "ppo.n_epochs=2",
+    "labels.budget=40", "labels.initial_labels=8", "labels.pretrain_epochs=3", "labels.rate_constant=1000",
+    "labels.update_every_steps=256", "reward.epochs_per_update=2", "reward.hidden_sizes=[16,16]",
+    "ppo.net_arch=[16,16]", "eval.every_steps=512", "eval.episodes=1",
+]
+
+
+def _train(task: str, run_dir: Path, extra: tuple[str, ...] = (), **kwargs) -> dict:
+    preset = load_preset(task, TINY + list(extra))
+    kwargs.setdefault("checkpoint_steps", 256)
+    return train(preset, paths=RunPaths(run_dir, run_dir / "clips"), progress=False, **kwargs)
+
+
+def _interrupt_at(monkeypatch, step: int, how: str = "sigint") -> None:
+    """At the first env step >= ``step``: send SIGINT to this process, or crash like a
+    SIGKILL (no more writes of any kind)."""
+    real = RunCheckpointer._on_step
+
+    def on_step(self) -> bool:
+        if self.num_timesteps >= step and not getattr(self, "_fired", False):
+            self._fired = True
+            if how == "sigint":
+                os.kill(os.getpid(), signal.SIGINT)
+            else:
+                raise _Crash(self.num_timesteps)
+        return real(self)
+
+    monkeypatch.setattr(RunCheckpointer, "_on_step", on_step)
+
+
+class _Crash(BaseException):
+    """A simulated hard kill: not an Exception, so nothing on the way handles it."""
+
+
+def _labels(run_dir: Path) -> list[tuple]:
+    rows = [json.loads(line) for line in (run_dir / "labels.jsonl").read_text().splitlines()]
+    return [(r["pair_id"], r["left_clip"], r["right_clip"], r["choice"]) for r in rows]
+
+
+def _eval_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "eval.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _assert_same_run(a: Path, b: Path, learned: bool = True) -> None:
+    """Same policy weights, evaluation curve and (learned arm) labels and reward weights."""
+    policy_a = PPO.load(a / "policy.zip", device="cpu").policy.state_dict()
+    policy_b = PPO.load(b / "policy.zip", device="cpu").policy.state_dict()
+    for key in policy_a:
+        assert torch.equal(policy_a[key], policy_b[key]), key
+    assert _eval_rows(a) == _eval_rows(b)
+    summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
+    for key in ("env_steps", "labels_used", "final_true_return", "pretrain_env_steps"):
+        assert summary_a[key] == summary_b[key], key
+    if learned:
+        assert _labels(a) == _labels(b)
+        net_a = torch.load(a / "reward_model.pt", weights_only=False)
+        net_b = torch.load(b / "reward_model.pt", weights_only=False)
+        for key in ("net", "optimizer"):
+            assert str(net_a[key]) == str(net_b[key]), key  # tensors and Adam's moments
+        assert torch.equal(net_a["norm_mean"], net_b["norm_mean"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted learned pendulum run."""
+    run_dir = tmp_path_factory.mktemp("ref") / "run"
+    _train("pendulum", run_dir)
+    return run_dir
+
+
+# --------------------------------------------------------------------------- exact resume
+
+
+def test_sigint_then_resume_ends_as_the_uninterrupted_run(reference, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    _interrupt_at(monkeypatch, 300)
+    with pytest.raises(RunInterrupted, match="interrupted by SIGINT at step 512") as info:
+        _train("pendulum", run_dir)
+    assert info.value.exit_status == 130
+    assert "finishing this rollout to save a checkpoint" in capsys.readouterr().err
+    saved = read_checkpoint(run_dir)
+    assert saved["step"] == 512 and not (run_dir / "summary.json").exists()
+    labels_then = saved["state"]["prefs"]["labels_used"]
+    monkeypatch.undo()
+
+    summary = _train("pendulum", run_dir)
+    assert summary["resumed_at_step"] == 512
+    assert labels_then < summary["labels_used"]  # query rounds happened after the resume
+    _assert_same_run(reference, run_dir)
+
+
+def test_a_hard_kill_resumes_from_the_last_checkpoint(reference, tmp_path, monkeypatch):
+    """Killed after a query round the checkpoint does not know of: its labels are in the
+    label store already; the resumed run asks the same pairs and ends the same."""
+    run_dir = tmp_path / "run"
+    _interrupt_at(monkeypatch, 900, how="crash")
+    with pytest.raises(_Crash):
+        _train("pendulum", run_dir, checkpoint_steps=512)
+    assert read_checkpoint(run_dir)["step"] == 512
+    monkeypatch.undo()
+    _train("pendulum", run_dir, checkpoint_steps=512)
+    _assert_same_run(reference, run_dir)
+
+
+def test_mujoco_run_with_normalisation_resumes_exactly(tmp_path, monkeypatch):
+    """InvertedPendulum, observations and rewards normalised, lagged fitting (frozen
+    predictions across the checkpoint)."""
+    extra = ("ppo.total_steps=768", "labels.budget=24")
+    _train("invertedpendulum", tmp_path / "ref", extra, fit="lagged")
+    _interrupt_at(monkeypatch, 300)
+    with pytest.raises(RunInterrupted):
+        _train("invertedpendulum", tmp_path / "run", extra, fit="lagged")
+    monkeypatch.undo()
+    _train("invertedpendulum", tmp_path / "run", extra, fit="lagged")
+    _assert_same_run(tmp_path / "ref", tmp_path / "run")
+
+
+@pytest.mark.parametrize("task", ["cartpole", "invertedpendulum", "pong"])
+def test_env_state_restores_exactly(task):
+    """A captured env state put into another env (other seed) continues identically:
+    classic control, MuJoCo (whole MjData) and Atari (emulator with its RNG)."""
+    preset = load_preset(task, ["task.sticky_action_prob=0.25"] if task == "pong" else [])
+    source, target = make_env(preset), make_env(preset)
+    source.reset(seed=1)
+    target.reset(seed=2)
+    source.action_space.seed(0)
+    actions = [source.action_space.sample() for _ in range(120)]
+    for action in actions[:40]:
+        source.step(action)
+    restore_env_state(target, capture_env_state(source))
+    for action in actions[40:]:
+        obs_a, reward_a, *_ = source.step(action)
+        obs_b, reward_b, *_ = target.step(action)
+        assert np.array_equal(obs_a, obs_b) and reward_a == reward_b
+
+
+# --------------------------------------------------------------------------- settings and signals
+
+
+def test_sigterm_checkpoints_and_changed_settings_are_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    sets = ["ppo.n_steps=256", "ppo.batch_size=64", "ppo.n_epochs=2", "ppo.net_arch=[16,16]",
+            "eval.every_steps=512", "eval.episodes=1"]
+    args = ["train", "pendulum", "--reward", "true", "--run-dir", str(run_dir), "--no-progress",
+            "--checkpoint-every", "0", "--steps", "4096", *[a for s in sets for a in ("--set", s)]]
+    proc = subprocess.Popen([sys.executable, "-m", "prefrl.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while not checkpoint_path(run_dir).is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "interrupted by SIGTERM at step" in err
+    assert f"resume with: prefrl train pendulum --reward true --run-dir {run_dir}" in err
+    step = read_checkpoint(run_dir)["step"]
+    assert 0 < step < 4096
+
+    # Other settings: refused, naming each key with its old and new value.
+    assert main(args + ["--set", "ppo.learning_rate=0.01", "--seed", "3"]) == 2
+    message = capsys.readouterr().err.strip()
+    assert message == (f"prefrl: error: {run_dir} was started with different settings: ppo.learning_rate "
+                       "(0.001 -> 0.01), seed (0 -> 3); resume with the same settings, or pass --force")
+    assert read_checkpoint(run_dir)["step"] == step  # untouched
+
+    # --force continues with the new settings and records what changed.
+    assert main(args + ["--set", "eval.episodes=2", "--force"]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["env_steps"] == 4096 and summary["resumed_at_step"] == step
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["changed_on_resume"] == [{"step": step, "changes": ["eval.episodes (1 -> 2)"]}]
+    assert config["preset"]["eval"]["episodes"] == 2 and config["run_dir_schema"] == RUN_DIR_SCHEMA
+
+
+def test_a_finished_run_is_not_resumed(reference):
+    with pytest.raises(PrefrlError, match="already holds a run that finished"):
+        _train("pendulum", reference)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    real_save = checkpoint.atomic_pickle
+    calls = []
+
+    class FullDisk:
+        """A file that fills up after a few kilobytes."""
+
+        def __init__(self, handle):
+            self.handle, self.left = handle, 4096
+
+        def write(self, data):
+            if len(data) > self.left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.handle.write(data)
+
+        def flush(self):
+            self.handle.flush()
+
+    def save(obj, path):
+        calls.append(path)
+        if len(calls) < 3:
+            return real_save(obj, path)
+        with checkpoint.atomic_file(path, "wb") as handle:
+            pickle.dump(obj, FullDisk(handle))
+
+    monkeypatch.setattr(checkpoint, "atomic_pickle", save)
+    run_dir = tmp_path / "run"
+    with pytest.raises(PrefrlError, match=r"writing the checkpoint of step 512 .* failed \(No space left on device\); "
+                                          r"the checkpoint of step 256 is kept"):
+        _train("pendulum", run_dir, arm="true")
+    assert read_checkpoint(run_dir)["step"] == 256
+    assert [p.name for p in (run_dir / "checkpoint").iterdir()] == ["state.pt"]
+
+
+class _NanRewardAfter(gym.Wrapper):
+    def __init__(self, env, steps):
+        super().__init__(env)
+        self.left = steps
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.left -= 1
+        return obs, float("nan") if self.left < 0 else reward, terminated, truncated, info
+
+
+@pytest.mark.parametrize("arm", ["true", "learned"])
+def test_a_nan_env_reward_stops_the_run_and_keeps_the_checkpoint(tmp_path, monkeypatch, arm):
+    def nan_env(preset, evaluation=False, **kwargs):
+        env = make_env(preset, evaluation=evaluation, **kwargs)
+        # The learned arm's random policy takes 200 steps before learning starts.
+        return env if evaluation else _NanRewardAfter(env, 600 if arm == "true" else 800)
+
+    monkeypatch.setattr(training, "make_env", nan_env)
+    run_dir = tmp_path / "run"
+    # Learned arm: the env reward is the true reward the teacher judges by (info["true_reward"]).
+    with pytest.raises(NonFiniteError, match=r"step 601, env 0: the environment returned a non-finite reward "
+                                             r"\(nan\); the run is stopped, its checkpoint of step 512 is kept"):
+        _train("pendulum", run_dir, arm=arm)
+    assert read_checkpoint(run_dir)["step"] == 512
+
+
+def test_a_nan_learned_reward_stops_the_run(tmp_path, monkeypatch):
+    real_predict = RewardModel.predict
+    calls = []
+
+    def predict(self, observations, actions=None):
+        calls.append(1)
+        rewards = real_predict(self, observations, actions)
+        return rewards * np.nan if len(calls) >= 2 else rewards
+
+    monkeypatch.setattr(RewardModel, "predict", predict)
+    with pytest.raises(NonFiniteError, match=r"step 512: the reward model returned a non-finite reward; "
+                                             r"the run is stopped, its checkpoint of step 256 is kept"):
+        _train("pendulum", tmp_path / "run")
+    assert read_checkpoint(tmp_path / "run")["step"] == 256
+
+
+# --------------------------------------------------------------------------- run-dir versions
+
+
+def _config(run_dir: Path, **values) -> None:
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"task": "pendulum", "arm": "true", "seed": 0, **values}))
+
+
+def test_run_directory_versions(tmp_path):
+    newer = tmp_path / "newer"
+    _config(newer, run_dir_schema=RUN_DIR_SCHEMA + 1)
+    with pytest.raises(PrefrlError, match=f"written by a newer prefrl \\(run-dir schema {RUN_DIR_SCHEMA + 1}, "
+                                          f"this prefrl reads up to {RUN_DIR_SCHEMA}\\)"):
+        _train("pendulum", newer, arm="true")
+
+    # Made before runs had checkpoints: finished ones stay as they are, unfinished ones
+    # cannot be continued.
+    old_finished = tmp_path / "old_finished"
+    _config(old_finished)
+    (old_finished / "summary.json").write_text("{}")
+    with pytest.raises(PrefrlError, match="already holds a run that finished"):
+        _train("pendulum", old_finished, arm="true")
+    old_unfinished = tmp_path / "old_unfinished"
+    _config(old_unfinished)
+    with pytest.raises(PrefrlError, match="earlier prefrl without checkpoints, which cannot be resumed"):
+        _train("pendulum", old_unfinished, arm="true")
+
+    # A checkpoint of a newer layout is refused too.
+    preset = load_preset("pendulum", TINY)
+    current = tmp_path / "current"
+    config = training._run_config(preset, "true", 0, RunPaths(current, current / "clips"), "synthetic", None,
+                                  "rollout", "background")
+    current.mkdir()
+    (current / "config.json").write_text(json.dumps(config))
+    checkpoint.atomic_pickle({"format": checkpoint.CHECKPOINT_FORMAT, "schema": RUN_DIR_SCHEMA + 1,
+                                  "step": 0, "state": {}}, checkpoint_path(current))
+    with pytest.raises(PrefrlError, match="checkpoint/state.pt was written by a newer prefrl"):
+        _train("pendulum", current, arm="true")
