@@ -7,10 +7,22 @@ import argparse
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse with one-line errors (no usage dump), exit status 2."""
+    """argparse with one-line errors (no usage dump), exit status 2.
+
+    Every refusal starts with ``prefrl: error:``, whichever subcommand's parser found it
+    (scripts and people look for that one prefix); the subcommand is named after it, e.g.
+    ``prefrl: error: train: argument --steps: -5 is not positive; give a positive whole
+    number``.
+    """
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+        """Print ``message`` as one line and exit with status 2.
+
+        :param message: argparse's description of the problem
+        """
+        program, _, command = self.prog.partition(" ")
+        where = f"{command}: " if command else ""
+        self.exit(2, f"{program}: error: {where}{' '.join(message.split())}\n")
 
 
 def _number(text: str, kind: type, want: str) -> float:
