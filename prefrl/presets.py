@@ -11,6 +11,7 @@ checking, so a typo is an error and never a silently ignored setting.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 import types
@@ -31,6 +32,9 @@ VEC_ENVS = ("dummy", "subproc")
 #: Settings for which an infinite value means something (a perfectly rational teacher,
 #: a teacher that never skips).
 INFINITE_ALLOWED = ("teacher.beta", "teacher.skip_threshold")
+#: Largest whole number a setting may have (integers beyond it do not fit numpy, torch or
+#: SQLite, and are exactly representable as TOML floats like ``1e9`` only up to here).
+MAX_INT = 2**53
 
 
 @dataclass(frozen=True)
@@ -262,8 +266,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _coerce(where: str, annotation: Any, value: Any) -> Any:
-    """Check ``value`` against a field's type annotation and convert it."""
+def _coerce(where: str, annotation: Any, value: Any, example: Any = None, source: str = "") -> Any:
+    """Check ``value`` against a field's type annotation and convert it.
+
+    :param where: the setting as the user wrote it, e.g. ``--set ppo.n_steps``
+    :param annotation: the field's type
+    :param value: what the user gave (TOML-parsed)
+    :param example: a valid value shown in the error message (the preset's own), if any
+    :param source: the file the value came from, named in the error message
+    :raises PrefrlError: naming the value, the type wanted and an example
+    """
     origin = typing.get_origin(annotation)
     if annotation is bool:
         if isinstance(value, bool):
@@ -286,10 +298,13 @@ def _coerce(where: str, annotation: Any, value: Any) -> Any:
     elif origin is tuple:
         args = typing.get_args(annotation)
         if isinstance(value, (list, tuple)):
-            if len(args) == 2 and args[1] is Ellipsis:
-                return tuple(_coerce(where, args[0], v) for v in value)
-            if len(value) == len(args):
-                return tuple(_coerce(where, a, v) for a, v in zip(args, value))
+            try:
+                if len(args) == 2 and args[1] is Ellipsis:
+                    return tuple(_coerce(where, args[0], v) for v in value)
+                if len(value) == len(args):
+                    return tuple(_coerce(where, a, v) for a, v in zip(args, value))
+            except PrefrlError:
+                pass  # name the whole list below, not the element
     elif origin in (typing.Union, types.UnionType):
         for arg in typing.get_args(annotation):
             try:
@@ -298,22 +313,57 @@ def _coerce(where: str, annotation: Any, value: Any) -> Any:
                 continue
     else:  # pragma: no cover - every field type is handled above
         return value
-    raise PrefrlError(
-        f"{where} = {value!r} is not a valid {_type_name(annotation)}; "
-        f"give a value of type {_type_name(annotation)}"
-    )
+    wanted = _describe_type(annotation)
+    hint = f", e.g. {_toml_value(example)}" if example is not None and annotation is not bool else ""
+    in_source = f" in {source}" if source else ""
+    raise PrefrlError(f"{where} = {_toml_value(value)}{in_source} is not {wanted}; give {wanted}{hint}")
 
 
-def _type_name(annotation: Any) -> str:
-    if isinstance(annotation, type):
-        return annotation.__name__
-    return str(annotation).replace("typing.", "")
+def _describe_type(annotation: Any) -> str:
+    """``int`` -> ``a whole number``: how a setting's type reads in an error message."""
+    return _type_nouns(annotation)[0]
+
+
+def _type_nouns(annotation: Any) -> tuple[str, str]:
+    """``(singular, plural)`` of a setting's type, e.g. ``("a list of whole numbers", "lists of whole numbers")``."""
+    nouns = {
+        bool: ("true or false", "true/false values"),
+        int: ("a whole number", "whole numbers"),
+        float: ("a number", "numbers"),
+        str: ("a string", "strings"),
+    }
+    if annotation in nouns:
+        return nouns[annotation]
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is tuple and args:
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = _type_nouns(args[0])[1]
+        else:
+            items = f"{len(args)} {_type_nouns(args[0])[1]}"
+        return f"a list of {items}", f"lists of {items}"
+    text = str(annotation).replace("typing.", "")  # pragma: no cover - no such field
+    return text, text  # pragma: no cover
+
+
+def _toml_value(value: Any) -> str:
+    """``value`` as it would be written in a preset or after ``--set key=``."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        # A TOML literal string where it can be one (reads like Python's repr), else a basic string.
+        return f"'{value}'" if value.isprintable() and "'" not in value else json.dumps(value)
+    return repr(value)
 
 
 def _build_section(section: str, values: Mapping[str, Any], source: str) -> Any:
     cls = SECTIONS[section]
     hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in known:
@@ -321,12 +371,15 @@ def _build_section(section: str, values: Mapping[str, Any], source: str) -> Any:
                 f"unknown setting '{section}.{key}' in {source}; "
                 f"valid keys of [{section}]: {', '.join(sorted(known))}"
             )
-        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value)
+        # An empty default (env_id = "", mask_regions = []) is no example worth showing.
+        example = defaults[key] if defaults[key] not in ("", ()) else None
+        kwargs[key] = _coerce(f"{section}.{key}", hints[key], value, example, source)
     return cls(**kwargs)
 
 
 def preset_from_dict(data: Mapping[str, Any], source: str, default_name: str = "") -> Preset:
-    """Build and validate a :class:`Preset` from nested TOML-like data.
+    """Build and validate a :class:`Preset` from nested TOML-like data (the env id is
+    looked up in Gymnasium's registry, see :func:`check_env_id`).
 
     :param data: ``{section: {key: value}}``
     :param source: where the data came from, named in error messages
@@ -346,18 +399,28 @@ def preset_from_dict(data: Mapping[str, Any], source: str, default_name: str = "
         for name in SECTIONS
     }
     preset = Preset(**sections)
+    if preset.task.env_id:  # first: a typo in the id explains more than what it leads to
+        check_env_id(preset.task.env_id, source)
     validate(preset, source)
     return preset
 
 
 def validate(preset: Preset, source: str = "preset") -> None:
-    """Early, explicit sanity checks; raise :class:`PrefrlError` naming the bad value."""
+    """Early, explicit sanity checks; raise :class:`PrefrlError` naming the bad value and
+    what would be valid.
+
+    Everything a run would otherwise trip over later (in SB3, torch or the label
+    schedule, possibly hours in) is refused here, before anything is written.
+
+    :param preset: the settings to check
+    :param source: where they came from (a file, ``--set overrides``), named in messages
+    """
     t, p, r, lab, te, ev = (
         preset.task, preset.ppo, preset.reward, preset.labels, preset.teacher, preset.eval
     )
 
     def bad(key: str, value: Any, want: str) -> PrefrlError:
-        return PrefrlError(f"{key} = {value!r} in {source} is invalid: {want}")
+        return PrefrlError(f"{key} = {_toml_value(value)} in {source} is invalid: {want}")
 
     for section, cls in SECTIONS.items():
         for f in dataclasses.fields(cls):
@@ -367,43 +430,71 @@ def validate(preset: Preset, source: str = "preset") -> None:
                 raise bad(key, value, "give a number, not nan")
             if isinstance(value, float) and math.isinf(value) and key not in INFINITE_ALLOWED:
                 raise bad(key, value, "give a finite number")
+            # Beyond this no array, tensor or SQLite integer can hold it (1e300 parses as a
+            # whole number); no setting means anything near it.
+            numbers = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, int) and not isinstance(v, bool) and abs(v) > MAX_INT for v in numbers):
+                raise bad(key, value, "give a whole number below 2**53")
     if not t.env_id:
         raise bad("task.env_id", t.env_id, "set the Gymnasium id, e.g. 'Hopper-v5'")
     if t.domain not in DOMAINS:
         raise bad("task.domain", t.domain, f"use one of {', '.join(DOMAINS)}")
     if t.on_termination not in ("continue", "reset"):
         raise bad("task.on_termination", t.on_termination, "use continue or reset")
+    # The Atari wrapper chain passes ALE's own arguments (frameskip, sticky actions) to
+    # gym.make, and the others record a simulation state an emulator does not have.
+    is_ale = t.env_id.rpartition(":")[2].startswith("ALE/")
+    if (t.domain == "atari") != is_ale:
+        raise bad(
+            "task.domain", t.domain,
+            f"task.env_id = '{t.env_id}' is {'an' if is_ale else 'not an'} ALE game; "
+            + ("use atari" if is_ale else "use mujoco or classic (atari is for ALE/... ids)"),
+        )
+    if t.domain == "atari" and t.on_termination != "reset":
+        raise bad("task.on_termination", t.on_termination, "the emulator stops at game over; use reset for Atari")
     positive = {
         "task.horizon": t.horizon, "task.clip_length": t.clip_length,
+        "task.frame_skip": t.frame_skip, "task.screen_size": t.screen_size, "task.frame_stack": t.frame_stack,
         "ppo.total_steps": p.total_steps, "ppo.n_envs": p.n_envs, "ppo.n_steps": p.n_steps,
         "ppo.batch_size": p.batch_size, "ppo.n_epochs": p.n_epochs,
+        "ppo.learning_rate": p.learning_rate, "ppo.clip_range": p.clip_range, "ppo.max_grad_norm": p.max_grad_norm,
         "reward.ensemble_size": r.ensemble_size, "reward.batch_size": r.batch_size,
-        "reward.epochs_per_update": r.epochs_per_update, "labels.budget": lab.budget,
+        "reward.epochs_per_update": r.epochs_per_update, "reward.learning_rate": r.learning_rate,
+        "reward.output_std": r.output_std, "labels.budget": lab.budget,
+        "labels.rate_constant": lab.rate_constant,
         "labels.oversample": lab.oversample, "labels.segment_buffer_size": lab.segment_buffer_size,
         "labels.update_every_steps": lab.update_every_steps,
         "eval.every_steps": ev.every_steps, "eval.episodes": ev.episodes,
     }
     for key, value in positive.items():
         if value <= 0:
-            raise bad(key, value, "must be a positive number")
+            raise bad(key, value, "must be above 0; give a positive number")
     non_negative = {
+        "task.noop_max": t.noop_max,
         "labels.initial_labels": lab.initial_labels, "labels.pretrain_epochs": lab.pretrain_epochs,
         "reward.label_buffer_size": r.label_buffer_size, "reward.frames_per_clip": r.frames_per_clip,
         "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,
-        "ppo.torch_threads": p.torch_threads,
+        "ppo.torch_threads": p.torch_threads, "ppo.vf_coef": p.vf_coef,
+        "teacher.equal_threshold": te.equal_threshold,
     }
     for key, value in non_negative.items():
         if value < 0:
-            raise bad(key, value, "must be zero or positive")
+            raise bad(key, value, "must not be negative; give 0 or more")
+    for key, sizes in {"ppo.net_arch": p.net_arch, "reward.hidden_sizes": r.hidden_sizes}.items():
+        if any(size <= 0 for size in sizes):
+            raise bad(key, sizes, "every layer needs at least one unit, e.g. [64, 64]")
     if t.clip_length > t.horizon:
-        raise bad("task.clip_length", t.clip_length, f"must not exceed task.horizon = {t.horizon}")
+        raise bad(
+            "task.clip_length", t.clip_length,
+            f"a clip is longer than task.horizon = {t.horizon} (a whole episode); "
+            "lower task.clip_length or raise task.horizon",
+        )
     if lab.initial_labels > lab.budget:
         raise bad(
             "labels.initial_labels", lab.initial_labels,
-            f"must not exceed labels.budget = {lab.budget}",
+            f"it is above labels.budget = {lab.budget}; lower labels.initial_labels or raise "
+            "labels.budget (--labels)",
         )
-    if lab.rate_constant <= 0:
-        raise bad("labels.rate_constant", lab.rate_constant, "must be positive")
     if lab.query_selection not in QUERY_SELECTIONS:
         raise bad("labels.query_selection", lab.query_selection, f"use one of {', '.join(QUERY_SELECTIONS)}")
     if r.architecture not in REWARD_ARCHITECTURES:
@@ -413,7 +504,10 @@ def validate(preset: Preset, source: str = "preset") -> None:
     if p.policy not in ("MlpPolicy", "CnnPolicy"):
         raise bad("ppo.policy", p.policy, "use MlpPolicy or CnnPolicy")
     if r.frames_per_clip > t.clip_length:
-        raise bad("reward.frames_per_clip", r.frames_per_clip, f"must not exceed task.clip_length = {t.clip_length}")
+        raise bad(
+            "reward.frames_per_clip", r.frames_per_clip,
+            f"a clip has only task.clip_length = {t.clip_length} frames; lower it (0 = all frames)",
+        )
     for key, value in {
         "reward.validation_fraction": r.validation_fraction,
         "reward.random_answer_prob": r.random_answer_prob,
@@ -421,21 +515,36 @@ def validate(preset: Preset, source: str = "preset") -> None:
         "reward.dropout": r.dropout,
     }.items():
         if not 0.0 <= value < 1.0:
-            raise bad(key, value, "must be in [0, 1)")
-    if not 0.0 < te.gamma <= 1.0:
-        raise bad("teacher.gamma", te.gamma, "must be in (0, 1]")
+            raise bad(key, value, "give a probability in [0, 1)")
+    for key, value in {"ppo.gae_lambda": p.gae_lambda, "task.sticky_action_prob": t.sticky_action_prob}.items():
+        if not 0.0 <= value <= 1.0:
+            raise bad(key, value, "give a number in [0, 1]")
+    for key, value in {"ppo.gamma": p.gamma, "teacher.gamma": te.gamma}.items():
+        if not 0.0 < value <= 1.0:
+            raise bad(key, value, "give a discount in (0, 1]")
     if te.beta <= 0:
         raise bad("teacher.beta", te.beta, "must be positive (inf = perfectly rational)")
-    if r.output_std <= 0:
-        raise bad("reward.output_std", r.output_std, "must be positive")
     if not 1.0 <= r.l2_ratio_low < r.l2_ratio_high:
-        raise bad("reward.l2_ratio_low", r.l2_ratio_low, "need 1 <= l2_ratio_low < l2_ratio_high")
+        raise bad(
+            "reward.l2_ratio_low", r.l2_ratio_low,
+            f"need 1 <= reward.l2_ratio_low < reward.l2_ratio_high = {r.l2_ratio_high}",
+        )
+    # PPO normalises advantages over a minibatch: one sample has no spread (SB3 asserts).
+    if p.batch_size < 2:
+        raise bad("ppo.batch_size", p.batch_size, "PPO needs minibatches of at least 2 steps; give 2 or more")
     if p.batch_size > p.n_steps * p.n_envs:
-        raise bad("ppo.batch_size", p.batch_size, f"must not exceed ppo.n_steps * ppo.n_envs = {p.n_steps * p.n_envs}")
+        raise bad(
+            "ppo.batch_size", p.batch_size,
+            f"it is above ppo.n_steps * ppo.n_envs = {p.n_steps * p.n_envs} (one rollout); "
+            "lower ppo.batch_size or raise ppo.n_steps",
+        )
     for region in t.mask_regions:
         top, bottom, left, right = region
         if not (0 <= top < bottom and 0 <= left < right):
-            raise bad("task.mask_regions", list(region), "each region is [top, bottom, left, right] with top < bottom, left < right")
+            raise bad(
+                "task.mask_regions", list(region),
+                "each region is [top, bottom, left, right] with top < bottom, left < right",
+            )
 
 
 def _parse_value(text: str) -> Any:
@@ -466,7 +575,10 @@ def apply_overrides(preset: Preset, overrides: list[str] | tuple[str, ...]) -> P
                 f"--set {item!r}: unknown setting '{key}'; valid keys of [{section}]: {', '.join(sorted(known))}"
             )
         hints = typing.get_type_hints(SECTIONS[section])
-        data[section][name] = _coerce(f"--set {key}", hints[name], _parse_value(text.strip()))
+        current = getattr(getattr(preset, section), name)
+        data[section][name] = _coerce(
+            f"--set {key}", hints[name], _parse_value(text.strip()), current if current not in ("", ()) else None
+        )
     return preset_from_dict(data, source="--set overrides")
 
 
@@ -474,6 +586,8 @@ def preset_path(task: str) -> Path:
     """Resolve a preset name (``hopper``) or a path to a ``.toml`` file."""
     candidate = Path(task)
     if candidate.suffix == ".toml" or candidate.exists():
+        if candidate.is_dir():
+            raise PrefrlError(f"preset '{task}' is a folder; give a .toml file or a task name (see `prefrl tasks`)")
         if not candidate.is_file():
             raise PrefrlError(f"preset file '{task}' not found; give an existing .toml path or a task name (see `prefrl tasks`)")
         return candidate
@@ -484,13 +598,62 @@ def preset_path(task: str) -> Path:
     return path
 
 
+def check_env_id(env_id: str, source: str) -> None:
+    """Refuse an env id Gymnasium does not know, before a run creates anything.
+
+    Looks the id up the way ``gymnasium.make`` does (importing the module of a
+    ``module:Env-v0`` id, a missing version meaning the newest one) without building the
+    env, so it costs microseconds and the error names the id instead of surfacing as a
+    traceback from deep inside a run.
+
+    :param env_id: ``task.env_id``
+    :param source: where it came from, named in the message
+    :raises PrefrlError: unknown, deprecated or unimportable id
+    """
+    import importlib
+
+    import gymnasium as gym
+    from gymnasium.envs.registration import find_highest_version, parse_env_id
+
+    module, _, name = env_id.rpartition(":")
+    try:
+        if module:
+            importlib.import_module(module)
+        if name.startswith("ALE/"):
+            import ale_py
+
+            gym.register_envs(ale_py)
+        elif name.startswith("prefrl/"):
+            import prefrl.envs  # noqa: F401 - importing it registers the suite's ids
+        namespace, base, version = parse_env_id(name)
+        if version is None and find_highest_version(namespace, base) is not None:
+            return
+        gym.spec(name)
+    except (gym.error.Error, ImportError) as exc:
+        detail = " ".join(str(exc).split())
+        raise PrefrlError(
+            f"task.env_id = '{env_id}' in {source} is not a registered Gymnasium environment ({detail}); "
+            "give an id gymnasium.make accepts, e.g. 'CartPole-v1', 'Hopper-v5' or 'ALE/Pong-v5'"
+        ) from None
+
+
 def load_preset(task: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
-    """Load a preset by name or path and apply ``--set`` overrides."""
+    """Load a preset by name or path and apply ``--set`` overrides.
+
+    :param task: preset name (``hopper``) or path to a ``.toml`` file
+    :param overrides: ``section.key=value`` strings
+    :raises PrefrlError: unknown task or file, malformed TOML, unknown or invalid
+        settings, an env id Gymnasium does not know
+    """
     path = preset_path(task)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise PrefrlError(f"malformed preset {path}: {exc}; fix the TOML syntax") from None
+    except UnicodeDecodeError:
+        raise PrefrlError(f"preset {path} is not UTF-8 text; give a TOML file") from None
+    except OSError as exc:
+        raise PrefrlError(f"cannot read preset {path}: {exc.strerror}; give a readable .toml file") from None
     preset = preset_from_dict(data, source=str(path), default_name=path.stem)
     return apply_overrides(preset, overrides) if overrides else preset
 

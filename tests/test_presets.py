@@ -120,7 +120,7 @@ def test_overrides_apply_with_type_checks() -> None:
     assert apply_overrides(preset, ["ppo.total_steps=1000"]).ppo.total_steps == 1000
     assert load_preset("cartpole", ["task.on_termination=continue"]).task.on_termination == "continue"
     _raises_one_line("'abc'", apply_overrides, preset, ["ppo.total_steps=abc"])
-    _raises_one_line("teacher.beta = True", apply_overrides, preset, ["teacher.beta=true"])
+    _raises_one_line("teacher.beta = true", apply_overrides, preset, ["teacher.beta=true"])
     _raises_one_line("ppo.total_stps", apply_overrides, preset, ["ppo.total_stps=5"])
     _raises_one_line("'ppo.total_steps'", apply_overrides, preset, ["ppo.total_steps"])
 
