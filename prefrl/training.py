@@ -13,6 +13,19 @@ Read top to bottom, a learned run is:
 
 The true arm skips steps 2 and 3 and trains the same PPO on the true reward.
 
+Crash safety: the run directory gets a checkpoint (``checkpoint/state.pt``, written
+atomically) at the start of learning, then at rollout starts every
+``checkpoint_steps`` env steps or ``checkpoint_seconds`` seconds (CLI:
+``--checkpoint-every 50000`` or ``10m``, the default), and when SIGINT or SIGTERM asks
+the run to stop (it finishes the rollout under way, saves, and exits; a second signal
+stops at once). Starting ``train`` again on the directory of an unfinished run (no
+``summary.json``) continues it from the checkpoint, and a synthetic-teacher run ends
+exactly as it would have without the interruption: same labels, reward weights,
+policy and evaluations (:class:`RunParts` lists what is kept; MuJoCo, classic control
+and Atari envs continue from their exact state). A run started with other settings is
+refused with the differing keys unless ``force``. A non-finite observation or reward
+(environment or reward model) stops the run without writing a checkpoint of it.
+
 Speed (``scripts/benchmark_speed.py`` measures both against plain PPO):
 
 - ``relabel="rollout"`` (default): the learned reward of a whole rollout is computed in
@@ -147,6 +160,22 @@ def _env_factory(preset: Preset, evaluation: bool, clip_reward: bool, record_fra
     return factory
 
 
+def _ignoring_stop_signals(factory):
+    """``factory`` run in a ``SubprocVecEnv`` worker that ignores SIGINT and SIGTERM.
+
+    Ctrl-C (and a group-wide SIGTERM) reaches every process of the group; a worker
+    that died of it would take the trainer's chance to finish its rollout and save a
+    checkpoint. The trainer stops and closes its workers itself (a worker also exits
+    when the trainer dies: its pipe closes)."""
+
+    def in_worker() -> gym.Env:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return factory()
+
+    return in_worker
+
+
 def make_vec_env(
     preset: Preset,
     n_envs: int,
@@ -159,7 +188,7 @@ def make_vec_env(
     """Vectorised task env, seeded once (env ``i`` gets ``seed + i``)."""
     factories = [_env_factory(preset, evaluation, clip_reward, record_frames) for _ in range(n_envs)]
     if preset.ppo.vec_env == "subproc" and n_envs > 1:
-        venv: VecEnv = SubprocVecEnv(factories)
+        venv: VecEnv = SubprocVecEnv([_ignoring_stop_signals(factory) for factory in factories])
     else:
         venv = DummyVecEnv(factories)
     venv.seed(seed)
@@ -433,7 +462,7 @@ class PreferenceCallback(BaseCallback):
             "last_stats": dict(self.last_stats), "rng": copy.deepcopy(self.rng.bit_generator.state),
             "fitter": self.fitter.run_state(),  # first: joins a running fit
             "reward_model": self.reward_model.run_state(),
-            "teacher": {k: copy.deepcopy(v) for k, v in vars(self.teacher).items() if k not in _TEACHER_RESOURCES},
+            "teacher": teacher_state(self.teacher),
             "buffer": self.buffer,  # pickled at once; shares segments with the model's labels
         }
 
@@ -444,7 +473,7 @@ class PreferenceCallback(BaseCallback):
         self.rng.bit_generator.state = state["rng"]
         self.reward_model.load_run_state(state["reward_model"])
         self.fitter.load_run_state(state["fitter"])
-        restore_attributes(self.teacher, state["teacher"])
+        load_teacher_state(self.teacher, state["teacher"])
         # In place: the recorder, the fitter and this callback share the buffer.
         self.buffer.__dict__.update(state["buffer"].__dict__)
 
@@ -606,6 +635,19 @@ RESUME_IGNORED_SETTINGS = ("task.description",)
 RUN_DIR_MIGRATIONS: dict[int, Any] = {}
 
 
+def teacher_state(teacher: Teacher) -> dict[str, Any]:
+    """A teacher's state without its label store connection: the synthetic teacher's
+    generator, return statistics and unread answers; the human teacher's cursor over
+    the store's labels and the pairs it asked (its pending queries: the pairs themselves
+    are in the label store, so restoring this re-attaches them)."""
+    return {k: copy.deepcopy(v) for k, v in vars(teacher).items() if k not in _TEACHER_RESOURCES}
+
+
+def load_teacher_state(teacher: Teacher, state: dict[str, Any]) -> None:
+    """Put a :func:`teacher_state` into a teacher of the same kind (generators in place)."""
+    restore_attributes(teacher, state)
+
+
 class NonFiniteError(PrefrlError):
     """An environment or the reward model produced NaN or an infinity."""
 
@@ -627,6 +669,10 @@ class RunInterrupted(PrefrlError):
     def exit_status(self) -> int:
         """The shell's convention for death by this signal (130 for SIGINT, 143 for SIGTERM)."""
         return 128 + self.signum
+
+
+class CheckpointWriteError(PrefrlError):
+    """The checkpoint could not be written (full disk); the previous one is intact."""
 
 
 class _Halt(Exception):
@@ -835,7 +881,7 @@ class RunCheckpointer(BaseCallback):
             write_checkpoint(self.run_dir, step, state)
         except OSError as exc:
             kept = f"the checkpoint of step {self.saved_step:,} is kept" if self.saved_step is not None else "no checkpoint was written yet"
-            raise PrefrlError(
+            raise CheckpointWriteError(
                 f"writing the checkpoint of step {step:,} to {checkpoint_path(self.run_dir)} failed "
                 f"({exc.strerror or exc}); {kept}: free space, then rerun the same command to resume"
             ) from None
@@ -1200,12 +1246,18 @@ def train(
     except _Halt as halt:
         _close_run(venv, eval_env, prefs)
         raise RunInterrupted(halt.step, stop.signum or signal.SIGINT, run_dir) from None
-    except (NonFiniteError, FloatingPointError) as exc:
+    except CheckpointWriteError:
+        _close_run(venv, eval_env, prefs)
+        raise
+    except (PrefrlError, FloatingPointError) as exc:
+        # Non-finite values (ours, or the reward model's own check) and any other refusal
+        # mid-run: say what happened and what is left to resume from.
         _close_run(venv, eval_env, prefs)
         where = "" if isinstance(exc, NonFiniteError) else f"step {model.num_timesteps:,}: "
         kept = (f"its checkpoint of step {checkpointer.saved_step:,} is kept; fix the cause, then rerun the "
                 "same command to resume from it") if checkpointer.saved_step is not None else "no checkpoint was written"
-        raise NonFiniteError(f"{where}{exc}; the run is stopped, {kept}") from None
+        kind = NonFiniteError if isinstance(exc, (NonFiniteError, FloatingPointError)) else PrefrlError
+        raise kind(f"{where}{exc}; the run is stopped, {kept}") from None
     learn_seconds = time.perf_counter() - learn_start
     learn_cpu_seconds = time.process_time() - learn_cpu_start  # all threads of the process
     final_wait = 0.0

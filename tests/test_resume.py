@@ -22,14 +22,25 @@ import torch
 from stable_baselines3 import PPO
 
 import prefrl.checkpoint as checkpoint
+from clip_fixtures import make_pairs
 import prefrl.training as training
 from prefrl.checkpoint import RUN_DIR_SCHEMA, capture_env_state, checkpoint_path, read_checkpoint, restore_env_state
 from prefrl.cli import main
 from prefrl.envs import make_env
 from prefrl.errors import PrefrlError
+from prefrl.labels import Choice, LabelStore
 from prefrl.presets import load_preset
 from prefrl.reward import RewardModel
-from prefrl.training import NonFiniteError, RunCheckpointer, RunInterrupted, RunPaths, train
+from prefrl.teachers import HumanTeacher
+from prefrl.training import (
+    NonFiniteError,
+    RunCheckpointer,
+    RunInterrupted,
+    RunPaths,
+    load_teacher_state,
+    teacher_state,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Four rollouts of 256 steps; a query round at every rollout end.
@@ -333,3 +344,26 @@ def test_run_directory_versions(tmp_path):
                                   "step": 0, "state": {}}, checkpoint_path(current))
     with pytest.raises(PrefrlError, match="checkpoint/state.pt was written by a newer prefrl"):
         _train("pendulum", current, arm="true")
+
+
+def test_a_human_teachers_pending_queries_come_back(tmp_path):
+    """The queries a person has not answered yet stay pending after a resume, and only
+    labels the trainer has not read yet are handed over."""
+    pairs = make_pairs(3, kind="vector")
+    store = LabelStore(tmp_path, "testtask")
+    teacher = HumanTeacher(store, settle_seconds=0.0)
+    teacher.ask(pairs, step=100)
+    store.record_label(pairs[0].pair_id, Choice.LEFT, "alice")
+    assert [a.pair.pair_id for a in teacher.answers()] == [pairs[0].pair_id]
+    state = pickle.loads(pickle.dumps(teacher_state(teacher)))  # as through a checkpoint file
+    store.close()
+
+    store = LabelStore(tmp_path, "testtask")  # the resumed process
+    resumed = HumanTeacher(store, settle_seconds=0.0)
+    load_teacher_state(resumed, state)
+    assert resumed.pending() == 2
+    store.record_label(pairs[2].pair_id, Choice.RIGHT, "alice")  # answered while the trainer was down
+    answers = resumed.answers()
+    assert [(a.pair.pair_id, a.choice, a.step) for a in answers] == [(pairs[2].pair_id, Choice.RIGHT, 100)]
+    assert resumed.pending() == 1
+    store.close()
