@@ -58,6 +58,7 @@ import sys
 import threading
 import time
 from collections import deque
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,7 +104,7 @@ from prefrl.labels import LabelSchedule, LabelStore, Preference
 from prefrl.presets import Preset
 from prefrl.queries import draw_queries, make_selector
 from prefrl.reward import RewardModel
-from prefrl.segments import Segment, SegmentBuffer
+from prefrl.segments import ClipPair, Segment, SegmentBuffer
 from prefrl.teachers import Teacher, make_teacher
 from prefrl.vec_wrappers import (
     DeferredRewardVecNormalize,
@@ -386,6 +387,17 @@ class RewardFitter:
         self._unwaited = bool(state["unwaited"])
 
 
+@dataclass(frozen=True)
+class StoredPair:
+    """In a checkpoint: a labelled pair that is read back from the run's label store."""
+
+    pair_id: str
+
+
+def _no_frames(segment: Segment) -> Segment:
+    return segment if segment.frames is None else dataclasses.replace(segment, frames=None)
+
+
 class PreferenceCallback(BaseCallback):
     """Every ``labels.update_every_steps`` (at a rollout end): ask the queries the
     schedule calls for, collect whatever answers have arrived, refit the reward ensemble
@@ -461,7 +473,7 @@ class PreferenceCallback(BaseCallback):
             "asked": self.asked, "labels_used": self.labels_used, "next_update": self.next_update,
             "last_stats": dict(self.last_stats), "rng": copy.deepcopy(self.rng.bit_generator.state),
             "fitter": self.fitter.run_state(),  # first: joins a running fit
-            "reward_model": self.reward_model.run_state(),
+            "reward_model": self._labels_by_reference(self.reward_model.run_state()),
             "teacher": teacher_state(self.teacher),
             "buffer": self.buffer,  # pickled at once; shares segments with the model's labels
         }
@@ -471,11 +483,35 @@ class PreferenceCallback(BaseCallback):
         self.next_update, self.last_stats = int(state["next_update"]), dict(state["last_stats"])
         # In place: the query selectors hold this very generator.
         self.rng.bit_generator.state = state["rng"]
-        self.reward_model.load_run_state(state["reward_model"])
+        self.reward_model.load_run_state(self._labels_from_store(state["reward_model"]))
         self.fitter.load_run_state(state["fitter"])
         load_teacher_state(self.teacher, state["teacher"])
         # In place: the recorder, the fitter and this callback share the buffer.
         self.buffer.__dict__.update(state["buffer"].__dict__)
+
+    def _labels_by_reference(self, model_state: dict[str, Any]) -> dict[str, Any]:
+        """Labelled pairs that are in the label store (all, normally) are checkpointed
+        by id: their clips are on disk already (for Atari thousands of labels would
+        otherwise make every checkpoint gigabytes)."""
+        stored = {row[0] for row in self.store.connection.execute("SELECT pair_id FROM pairs")}
+        model_state["labels"] = [label._replace(pair=StoredPair(label.pair.pair_id))
+                                 if label.pair.pair_id in stored else label for label in model_state["labels"]]
+        return model_state
+
+    def _labels_from_store(self, model_state: dict[str, Any]) -> dict[str, Any]:
+        """Read the pairs of :meth:`_labels_by_reference` back (bit-identical arrays;
+        display frames are dropped, the reward model never reads them)."""
+        loaded: dict[str, ClipPair] = {}
+
+        def pair(ref: StoredPair) -> ClipPair:
+            if ref.pair_id not in loaded:
+                full = self.store.load_pair(ref.pair_id)
+                loaded[ref.pair_id] = ClipPair(_no_frames(full.left), _no_frames(full.right), pair_id=full.pair_id)
+            return loaded[ref.pair_id]
+
+        labels = [label._replace(pair=pair(label.pair)) if isinstance(label.pair, StoredPair) else label
+                  for label in model_state["labels"]]
+        return {**model_state, "labels": labels}
 
     def finish_fit(self) -> None:
         """Wait for a running fit and keep its statistics (at the end of training too)."""

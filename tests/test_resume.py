@@ -37,6 +37,7 @@ from prefrl.training import (
     RunCheckpointer,
     RunInterrupted,
     RunPaths,
+    StoredPair,
     load_teacher_state,
     teacher_state,
     train,
@@ -129,6 +130,9 @@ def test_sigint_then_resume_ends_as_the_uninterrupted_run(reference, tmp_path, m
     saved = read_checkpoint(run_dir)
     assert saved["step"] == 512 and not (run_dir / "summary.json").exists()
     labels_then = saved["state"]["prefs"]["labels_used"]
+    # Labelled pairs are kept by id: their clips are in the label store already.
+    kept = saved["state"]["prefs"]["reward_model"]["labels"]
+    assert kept and all(isinstance(label.pair, StoredPair) for label in kept)
     monkeypatch.undo()
 
     summary = _train("pendulum", run_dir)
