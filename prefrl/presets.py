@@ -503,6 +503,11 @@ def validate(preset: Preset, source: str = "preset") -> None:
         raise bad("ppo.vec_env", p.vec_env, f"use one of {', '.join(VEC_ENVS)}")
     if p.policy not in ("MlpPolicy", "CnnPolicy"):
         raise bad("ppo.policy", p.policy, "use MlpPolicy or CnnPolicy")
+    # Both convolutional networks read stacked frames: only Atari observations are images.
+    if t.domain != "atari" and p.policy == "CnnPolicy":
+        raise bad("ppo.policy", p.policy, f"task.domain = '{t.domain}' has vector observations; use MlpPolicy")
+    if t.domain != "atari" and r.architecture == "atari_cnn":
+        raise bad("reward.architecture", r.architecture, f"task.domain = '{t.domain}' has vector observations; use mlp")
     if r.frames_per_clip > t.clip_length:
         raise bad(
             "reward.frames_per_clip", r.frames_per_clip,
