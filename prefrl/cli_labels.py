@@ -247,17 +247,25 @@ def cmd_clips(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- labels export / import
 
 
-def _open_store(path: Path) -> Any:
+def _open_store(path: Path, readonly: bool = False) -> Any:
+    """The label store of a run directory or clips folder.
+
+    :param path: what the user gave
+    :param readonly: open it read-only (nothing in the folder changes)
+    """
     from prefrl.clip_render import find_clips
     from prefrl.labels import LabelStore
 
     location = find_clips(path)
-    return LabelStore(location.clips_dir, location.task)
+    return LabelStore(location.clips_dir, location.task, readonly=readonly)
 
 
 def cmd_labels_export(args: argparse.Namespace) -> int:
-    """Write all labels of a run (or clips folder) to a JSON-lines file."""
-    with _open_store(args.path) as store:
+    """Write all labels of a run (or clips folder) to a JSON-lines file.
+
+    Read-only: safe while a run or a viewer writes to the store, so it doubles as a backup.
+    """
+    with _open_store(args.path, readonly=True) as store:
         count = store.export_jsonl(args.out)
     print(f"wrote {count} labels to {args.out}")
     return 0

@@ -16,7 +16,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Iterator, Sequence
+from typing import IO, Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -204,6 +204,37 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _write_atomically(target: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
+    """Write ``target`` through a temporary file, fsync and rename: a crash or a full disk
+    at any moment leaves the previous file (or none), never a torn one.
+
+    (:mod:`prefrl.checkpoint` has the same for run files; it imports torch, which the
+    label viewer process must not pay for.)
+
+    :param target: the file to (re)write
+    :param mode: ``"wb"`` or ``"w"`` (UTF-8)
+    :param write: writes the content into the open temporary file
+    """
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+
+
+def _write_error(target: Path, exc: OSError, state: str) -> PrefrlError:
+    """A one-line error for a failed write (disk full, permissions) that says what was kept."""
+    reason = exc.strerror or str(exc)
+    return PrefrlError(f"cannot write {target}: {reason}; {state}; free disk space or fix permissions and try again")
+
+
 class LabelStore:
     """Clip pairs and their labels in one clips folder, shared between processes.
 
@@ -228,23 +259,34 @@ class LabelStore:
 
     One object per thread (a sqlite3 connection is not shared between threads).
 
-    :param clips_dir: the folder (created if missing)
+    A write that fails for lack of disk space (the database's or a clip file's) raises
+    :class:`PrefrlError` and leaves the store as it was: the transaction is rolled back
+    and a clip file is written in full or not at all.
+
+    :param clips_dir: the folder (created if missing, unless ``readonly``)
     :param task: task name; a store made for another task is refused
     :param busy_timeout: seconds to wait for a lock held by another process
+    :param readonly: only read an existing store: nothing in the folder is created,
+        migrated or changed (an older schema version is read as it is), and a run may be
+        writing to it meanwhile; for exports, backups and ``--labels-from``
     :raises PrefrlError: the store belongs to another task, has an unknown schema
-        version, or is not a SQLite database
+        version, or is not a SQLite database; ``readonly`` and there is no store
     """
 
-    def __init__(self, clips_dir: str | os.PathLike[str], task: str, busy_timeout: float = 30.0) -> None:
+    def __init__(
+        self, clips_dir: str | os.PathLike[str], task: str, busy_timeout: float = 30.0, *, readonly: bool = False
+    ) -> None:
         self.clips_dir = Path(clips_dir)
         self.task = task
         self.db_path = self.clips_dir / "labels.sqlite"
         self.clip_dir = self.clips_dir / "clips"
+        self._conn: sqlite3.Connection | None = None
+        if readonly:
+            self._open_readonly(busy_timeout)
+            return
         self.clip_dir.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: no implicit transactions, we open each one explicitly.
-        self._conn: sqlite3.Connection | None = sqlite3.connect(
-            self.db_path, timeout=busy_timeout, isolation_level=None
-        )
+        self._conn = sqlite3.connect(self.db_path, timeout=busy_timeout, isolation_level=None)
         try:
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
@@ -265,6 +307,37 @@ class LabelStore:
             self.close()
             raise
 
+    def _open_readonly(self, busy_timeout: float) -> None:
+        """Connect so that any write attempt fails, even by mistake (``query_only``).
+
+        Not SQLite's ``mode=ro``: a read-only connection to a WAL database creates the
+        ``-wal`` and ``-shm`` files and cannot remove them when it closes; this one, the
+        last to close, removes them and leaves the folder exactly as it found it.
+        ``mode=rw`` (not ``rwc``): a missing database is an error, never created.
+        """
+        if not self.db_path.is_file():
+            raise PrefrlError(
+                f"no label store in {self.clips_dir} (labels.sqlite is missing); give a run directory or a clips folder"
+            )
+        uri = self.db_path.resolve().as_uri() + "?mode=rw"
+        self._conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+        try:
+            self._conn.execute("PRAGMA query_only = ON")
+            self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            version = self._stored_version()
+            if version is None:
+                raise PrefrlError(f"{self.db_path} has no schema_version: it is not a prefrl label store; give another clips folder")
+            # Older layouts hold the same pairs and labels tables: readable without migrating.
+            if not version.isdigit() or not 1 <= int(version) <= SCHEMA_VERSION:
+                raise self._version_error(version)
+            self._check_task(dict(self._conn.execute("SELECT key, value FROM meta").fetchall()))
+        except sqlite3.DatabaseError as exc:
+            self.close()
+            raise PrefrlError(f"{self.db_path} is not a usable label store ({exc}); give another clips folder") from None
+        except BaseException:
+            self.close()
+            raise
+
     # ----------------------------------------------------------------- plumbing
 
     @property
@@ -278,13 +351,22 @@ class LabelStore:
         """One write transaction: takes the write lock up front (waiting up to the busy
         timeout), so a read-then-write inside it is atomic across processes."""
         conn = self.connection
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")  # inside: a failed commit (disk full) must roll back too
+            except BaseException:
+                if conn.in_transaction:  # SQLite may have rolled back by itself already
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(exc):
+                raise PrefrlError(
+                    f"label store {self.db_path}: the disk is full ({exc}); nothing of this change was saved, "
+                    "earlier labels are safe; free disk space and try again"
+                ) from None
             raise
-        conn.execute("COMMIT")
 
     def _stored_version(self) -> str | None:
         conn = self.connection
@@ -327,10 +409,16 @@ class LabelStore:
             return
         version = meta.get("schema_version")
         if version != str(SCHEMA_VERSION):
-            raise PrefrlError(
-                f"label store {self.db_path} has schema_version {version}, this prefrl reads "
-                f"schema_version {SCHEMA_VERSION}; use a matching prefrl or a new clips folder"
-            )
+            raise self._version_error(version)
+        self._check_task(meta)
+
+    def _version_error(self, version: str | None) -> PrefrlError:
+        return PrefrlError(
+            f"label store {self.db_path} has schema_version {version}, this prefrl reads "
+            f"schema_version {SCHEMA_VERSION}; use a matching prefrl or a new clips folder"
+        )
+
+    def _check_task(self, meta: dict[str, str]) -> None:
         if meta.get("task") != self.task:
             raise PrefrlError(
                 f"label store {self.db_path} belongs to task '{meta.get('task')}', not '{self.task}'; "
@@ -367,18 +455,10 @@ class LabelStore:
             if value is not None:
                 arrays[name] = np.asarray(value)
         target = self._clip_path(segment.segment_id)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{segment.segment_id}.", suffix=".tmp", dir=self.clip_dir)
         try:
-            with os.fdopen(fd, "wb") as handle:
-                np.savez_compressed(handle, **arrays)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
-        _fsync_dir(self.clip_dir)
+            _write_atomically(target, "wb", lambda handle: np.savez_compressed(handle, **arrays))
+        except OSError as exc:
+            raise _write_error(target, exc, "no pair of this batch was stored") from None
 
     def add_pairs(self, pairs: Sequence[ClipPair]) -> None:
         """Store clip pairs as pending queries.
@@ -688,19 +768,16 @@ class LabelStore:
             "FROM labels l JOIN pairs p ON p.pair_id = l.pair_id ORDER BY l.label_id"
         ).fetchall()
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+
+        def write(handle: IO[Any]) -> None:
+            for row in rows:
+                handle.write(json.dumps(dict(zip(_JSONL_KEYS, row))) + "\n")
+
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                for row in rows:
-                    handle.write(json.dumps(dict(zip(_JSONL_KEYS, row))) + "\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
-            raise
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _write_atomically(target, "w", write)
+        except OSError as exc:
+            raise _write_error(target, exc, f"{target} is as it was") from None
         return len(rows)
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> dict[str, int]:
@@ -716,7 +793,11 @@ class LabelStore:
         try:
             lines = source.read_text(encoding="utf-8").splitlines()
         except OSError as exc:
-            raise PrefrlError(f"cannot read labels file {source}: {exc.strerror}") from None
+            raise PrefrlError(
+                f"cannot read labels file {source}: {exc.strerror}; give a file written by `prefrl labels export`"
+            ) from None
+        except UnicodeDecodeError:
+            raise PrefrlError(f"labels file {source} is not UTF-8 text; give a file written by `prefrl labels export`") from None
         records = []
         for number, line in enumerate(lines, start=1):
             if not line.strip():
