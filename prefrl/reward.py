@@ -47,6 +47,8 @@ ATARI_SIDE = 84
 MAX_INBAG_EVAL_PAIRS = 512
 #: Checkpoint format tag, bumped when the layout changes.
 CHECKPOINT_FORMAT = "prefrl-reward-1"
+#: The fix named when a checkpoint does not fit the model it is loaded into.
+_OTHER_TASK = "the checkpoint is of another task or observation settings: give the reward_model.pt of a run of this task"
 
 
 # --------------------------------------------------------------------------------------
@@ -657,6 +659,21 @@ def _net_view(desc: dict[str, Any]) -> tuple[Any, ...]:
     return (desc["kind"], desc["n"])
 
 
+def _finite(rewards: np.ndarray) -> np.ndarray:
+    """``rewards`` if every one is a number, else a :class:`PrefrlError`: one NaN would
+    poison the agent's returns and advantages for the rest of the run.
+
+    :param rewards: predicted rewards, any shape
+    """
+    if np.isfinite(rewards).all():
+        return rewards
+    bad = int(np.size(rewards) - np.isfinite(rewards).sum())
+    raise PrefrlError(
+        f"the reward model predicted non-finite rewards (nan or inf) for {bad} of {np.size(rewards)} steps: its "
+        "training diverged or the observations hold nan/inf; lower reward.learning_rate or check the environment"
+    )
+
+
 @contextlib.contextmanager
 def _mode(module: nn.Module, training: bool) -> Iterator[None]:
     """Temporarily switch train/eval mode."""
@@ -788,7 +805,8 @@ class RewardModel:
             if tuple(pref.pair.left.observations.shape[1:]) != self.observation_shape:
                 raise PrefrlError(
                     f"preference {pref.pair.pair_id!r}: observations {pref.pair.left.observations.shape[1:]} "
-                    f"do not match the reward model's {self.observation_shape}"
+                    f"do not match the reward model's {self.observation_shape}; its clips were recorded "
+                    "from another task or observation settings: give clips of this task"
                 )
             if clip_length == 0:
                 clip_length = length
@@ -1043,7 +1061,7 @@ class RewardModel:
         :param actions: ``(N, *action_shape)`` (``(N,)`` for discrete actions)
         :return: ``(M, N)`` float32
         """
-        return self._normalised_rewards(observations, actions).numpy().astype(np.float32)
+        return _finite(self._normalised_rewards(observations, actions).numpy().astype(np.float32))
 
     def predict(self, observations: np.ndarray, actions: np.ndarray | None = None) -> np.ndarray:
         """The learned reward: mean over members of the normalised rewards.
@@ -1053,7 +1071,7 @@ class RewardModel:
         :param actions: ``(N, *action_shape)`` (``(N,)`` for discrete actions)
         :return: ``(N,)`` float32
         """
-        return self._normalised_rewards(observations, actions).mean(0).numpy().astype(np.float32)
+        return _finite(self._normalised_rewards(observations, actions).mean(0).numpy().astype(np.float32))
 
     @torch.no_grad()
     def update_normalization(
@@ -1192,11 +1210,19 @@ class RewardModel:
         try:
             state = torch.load(Path(path), map_location="cpu", weights_only=True)
         except FileNotFoundError:
-            raise PrefrlError(f"reward checkpoint '{path}' not found") from None
+            raise PrefrlError(f"reward checkpoint '{path}' not found; give the reward_model.pt of a learned-reward run") from None
         except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
-            raise PrefrlError(f"reward checkpoint '{path}' is unreadable: {exc}".splitlines()[0]) from None
+            # torch's own messages run to several sentences: keep the first.
+            reason = " ".join(str(exc).split()).split(". ")[0]
+            raise PrefrlError(
+                f"reward checkpoint '{path}' is unreadable ({reason}); it may be truncated: "
+                "restore it from a backup or train the run again"
+            ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise PrefrlError(f"'{path}' is not a prefrl reward checkpoint ({CHECKPOINT_FORMAT})")
+            raise PrefrlError(
+                f"'{path}' is not a prefrl reward checkpoint ({CHECKPOINT_FORMAT}); "
+                "give the reward_model.pt of a learned-reward run"
+            )
         return state
 
     def load(self, path: str | Path) -> None:
@@ -1211,19 +1237,22 @@ class RewardModel:
             raise PrefrlError(
                 f"reward checkpoint '{path}' is for observations {tuple(saved_obs.get('shape', ()))} "
                 f"({saved_obs.get('dtype')}), this model has {self.observation_shape} "
-                f"({np.dtype(self.observation_space.dtype).name})"
+                f"({np.dtype(self.observation_space.dtype).name}); {_OTHER_TASK}"
             )
         if _net_view(state["action_space"]) != _net_view(_describe_space(self.action_space)):
             raise PrefrlError(
                 f"reward checkpoint '{path}' is for actions {state['action_space']}, "
-                f"this model has {_describe_space(self.action_space)}"
+                f"this model has {_describe_space(self.action_space)}; {_OTHER_TASK}"
             )
         saved = state["settings"]
         for key in ("architecture", "ensemble_size", "hidden_sizes", "use_actions", "batch_norm"):
             mine = getattr(self.settings, key)
             theirs = tuple(saved[key]) if isinstance(mine, tuple) else saved[key]
             if theirs != mine:
-                raise PrefrlError(f"reward checkpoint '{path}' has reward.{key} = {theirs!r}, this model {mine!r}")
+                raise PrefrlError(
+                    f"reward checkpoint '{path}' has reward.{key} = {theirs!r}, this model {mine!r}; "
+                    f"use the [reward] settings it was trained with (--set reward.{key}=...)"
+                )
         with self._lock:
             self.net.load_state_dict(state["net"])
             self.optimizer.load_state_dict(state["optimizer"])
