@@ -180,6 +180,54 @@ def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
     return data
 
 
+def remove_partial_checkpoints(run_dir: str | os.PathLike) -> int:
+    """Delete temporary files of checkpoint writes that a killed process left behind
+    (the checkpoint itself is never partial).
+
+    :return: files removed
+    """
+    folder = checkpoint_path(run_dir).parent
+    removed = 0
+    for tmp in folder.glob(f".{CHECKPOINT_FILE.name}.*.tmp") if folder.is_dir() else ():
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed += 1
+    return removed
+
+
+#: Held (``flock``) by the process training in a run directory.
+LOCK_FILE = ".prefrl.lock"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
+    """Hold the run directory for this process: a second ``prefrl train`` on it (say,
+    rerun by a script while the first is still shutting down) is refused instead of
+    mixing two runs. The lock dies with the process, however it ends.
+
+    :raises PrefrlError: another process holds it
+    """
+    import fcntl
+
+    from prefrl.errors import PrefrlError
+
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise PrefrlError(f"run directory '{folder}' is in use by another prefrl train (pid {holder}); "
+                              "wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def check_run_dir_schema(schema: Any, where: str) -> None:
     """Refuse a run directory (or checkpoint) of a newer layout than this prefrl reads.
 

@@ -82,6 +82,7 @@ from stable_baselines3.common.vec_env import (
 )
 
 from prefrl.checkpoint import (
+    LOCK_FILE,
     RUN_DIR_SCHEMA,
     StatefulEnv,
     atomic_write_json,
@@ -92,7 +93,9 @@ from prefrl.checkpoint import (
     flatten,
     global_rng_states,
     read_checkpoint,
+    remove_partial_checkpoints,
     restore_attributes,
+    run_dir_lock,
     restore_global_rng_states,
     restore_vec_env,
     setting_differences,
@@ -980,7 +983,7 @@ def open_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) -> 
     :return: ``(checkpoint or None, differing settings accepted by force)``
     :raises PrefrlError: the directory cannot be used for this run
     """
-    if not run_dir.exists() or not any(run_dir.iterdir()):
+    if not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return None, []
     config_path = run_dir / "config.json"
     if not config_path.is_file():
@@ -1170,12 +1173,22 @@ def train(
         raise PrefrlError(f"unknown relabel mode '{relabel}'; use one of {', '.join(RELABEL_MODES)}")
     if fit not in FIT_MODES:
         raise PrefrlError(f"unknown fit mode '{fit}'; use one of {', '.join(FIT_MODES)}")
+    paths = paths or default_paths(preset.task.name, arm, seed)
+    with run_dir_lock(paths.run_dir):
+        return _train(preset, arm=arm, seed=seed, paths=paths, teacher_kind=teacher_kind, labels_from=labels_from,
+                      progress=progress, verbose=verbose, relabel=relabel, fit=fit, fit_threads=fit_threads,
+                      checkpoint_steps=checkpoint_steps, checkpoint_seconds=checkpoint_seconds, force=force)
+
+
+def _train(preset: Preset, *, arm: str, seed: int, paths: RunPaths, teacher_kind: str, labels_from: Path | None,
+           progress: bool, verbose: int, relabel: str, fit: str, fit_threads: int, checkpoint_steps: int,
+           checkpoint_seconds: float, force: bool) -> dict[str, Any]:
+    """:func:`train` in a run directory this process holds."""
     task = preset.task.name
-    paths = paths or default_paths(task, arm, seed)
     run_dir = paths.run_dir
     config = _run_config(preset, arm, seed, paths, teacher_kind, labels_from, relabel, fit)
     resumed, changes = open_run_dir(run_dir, config, force)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_checkpoints(run_dir)
     _write_config(run_dir, config, resumed, changes)
     started = time.time()
 

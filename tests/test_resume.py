@@ -154,6 +154,27 @@ def test_a_hard_kill_resumes_from_the_last_checkpoint(reference, tmp_path, monke
     _assert_same_run(reference, run_dir)
 
 
+def test_a_run_killed_before_its_first_checkpoint_starts_over(reference, tmp_path, monkeypatch):
+    """Killed while pretraining (labels asked and stored, no checkpoint yet): the same
+    command starts the run over in its directory and ends as the uninterrupted run."""
+    real_fit = training.fit_reward_model
+
+    def crash(*args, **kwargs):
+        raise _Crash(0)
+
+    monkeypatch.setattr(training, "fit_reward_model", crash)
+    run_dir = tmp_path / "run"
+    with pytest.raises(_Crash):
+        _train("pendulum", run_dir)
+    assert not checkpoint_path(run_dir).exists() and (run_dir / "clips" / "labels.sqlite").is_file()
+    monkeypatch.setattr(training, "fit_reward_model", real_fit)
+    (run_dir / "checkpoint").mkdir()
+    (run_dir / "checkpoint" / ".state.pt.x1y2.tmp").write_bytes(b"torn")  # a write cut by a kill
+    _train("pendulum", run_dir)
+    _assert_same_run(reference, run_dir)
+    assert [p.name for p in (run_dir / "checkpoint").iterdir()] == ["state.pt"]
+
+
 def test_mujoco_run_with_normalisation_resumes_exactly(tmp_path, monkeypatch):
     """InvertedPendulum, observations and rewards normalised, lagged fitting (frozen
     predictions across the checkpoint)."""
@@ -194,7 +215,7 @@ def test_sigterm_checkpoints_and_changed_settings_are_refused(tmp_path, capsys):
     sets = ["ppo.n_steps=256", "ppo.batch_size=64", "ppo.n_epochs=2", "ppo.net_arch=[16,16]",
             "eval.every_steps=512", "eval.episodes=1"]
     args = ["train", "pendulum", "--reward", "true", "--run-dir", str(run_dir), "--no-progress",
-            "--checkpoint-every", "0", "--steps", "4096", *[a for s in sets for a in ("--set", s)]]
+            "--checkpoint-every", "0", "--steps", "2048", *[a for s in sets for a in ("--set", s)]]
     proc = subprocess.Popen([sys.executable, "-m", "prefrl.cli", *args], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     deadline = time.time() + 120
@@ -206,7 +227,7 @@ def test_sigterm_checkpoints_and_changed_settings_are_refused(tmp_path, capsys):
     assert "interrupted by SIGTERM at step" in err
     assert f"resume with: prefrl train pendulum --reward true --run-dir {run_dir}" in err
     step = read_checkpoint(run_dir)["step"]
-    assert 0 < step < 4096
+    assert 0 <= step < 2048
 
     # Other settings: refused, naming each key with its old and new value.
     assert main(args + ["--set", "ppo.learning_rate=0.01", "--seed", "3"]) == 2
@@ -218,10 +239,40 @@ def test_sigterm_checkpoints_and_changed_settings_are_refused(tmp_path, capsys):
     # --force continues with the new settings and records what changed.
     assert main(args + ["--set", "eval.episodes=2", "--force"]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["env_steps"] == 4096 and summary["resumed_at_step"] == step
+    assert summary["env_steps"] == 2048 and summary["resumed_at_step"] == step
     config = json.loads((run_dir / "config.json").read_text())
     assert config["changed_on_resume"] == [{"step": step, "changes": ["eval.episodes (1 -> 2)"]}]
     assert config["preset"]["eval"]["episodes"] == 2 and config["run_dir_schema"] == RUN_DIR_SCHEMA
+
+
+def test_a_run_directory_in_use_is_refused(tmp_path):
+    """A second trainer (here: a second open of the lock, as flock locks are per open
+    file) is refused while the first holds the directory."""
+    run_dir = tmp_path / "run"
+    with checkpoint.run_dir_lock(run_dir):
+        with pytest.raises(PrefrlError, match=f"run directory '{run_dir}' is in use by another prefrl train "
+                                              f"\\(pid {os.getpid()}\\); wait for it to finish or stop it first"):
+            _train("pendulum", run_dir, arm="true")
+    with checkpoint.run_dir_lock(run_dir):  # free again
+        pass
+
+
+@pytest.mark.parametrize("text, expected", [("50000", (50000, 0.0)), ("10m", (0, 600.0)), ("90s", (0, 90.0)),
+                                            ("1.5h", (0, 5400.0)), ("0", (0, 0.0))])
+def test_checkpoint_interval_option(text, expected):
+    from prefrl.cli import checkpoint_interval
+
+    assert checkpoint_interval(text) == expected
+
+
+@pytest.mark.parametrize("text", ["-5", "ten", "5x", "nanm", "infs", ""])
+def test_bad_checkpoint_interval_is_refused(text, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "pendulum", "--checkpoint-every", text])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("prefrl: error: train: argument --checkpoint-every:") and "\n" not in err
+    assert "give e.g. 50000, 90s, 10m or 1h" in err
 
 
 def test_a_finished_run_is_not_resumed(reference):
