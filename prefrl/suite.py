@@ -28,8 +28,9 @@ summary (``task.name = <task>-<tag>``), so ``prefrl compare`` keeps variants apa
 
 Started again, a sweep skips every run whose ``summary.json`` exists (when its
 ``config.json`` still matches the sweep; a finished run made with other settings is
-reported as ``stale`` and left alone) and reruns the others from scratch, deleting
-what a killed run left behind. Each run is one Ray task that asks for its share of
+reported as ``stale`` and left alone), resumes a killed run from its last checkpoint
+when it was started with the same settings (it then ends exactly as an uninterrupted
+run), and reruns the others from scratch, deleting what a killed run left behind. Each run is one Ray task that asks for its share of
 CPUs and pins torch, OpenMP, MKL and OpenBLAS to that many threads. A run that fails
 (an exception, a killed worker, a lost node) is reported with its error and the others
 go on. Bookkeeping lives in ``<out>/.suite/``: ``<name>.json`` (worker pid and host,
@@ -275,14 +276,40 @@ def finished_state(out: Path, spec: RunSpec) -> tuple[str, str]:
     return "done", ""
 
 
-def prepare_run_dir(out: Path, spec: RunSpec) -> None:
-    """Delete what an unfinished earlier attempt left (``train`` refuses a non-empty run
-    directory, and half a run must never be mixed with a new one)."""
+def resumable(run_dir: Path, spec: RunSpec, preset: Preset) -> bool:
+    """Whether ``run_dir`` holds a checkpoint of this very run: same arm, seed and
+    settings (thread count included, as ``train`` compares them when it resumes)."""
+    from prefrl.checkpoint import CHECKPOINT_FILE
+
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        return False
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (config.get("arm") == spec.arm and config.get("seed") == spec.seed
+            and config.get("preset") == json.loads(json.dumps(preset.to_dict())))
+
+
+def prepare_run_dir(out: Path, spec: RunSpec, preset: Preset | None = None) -> bool:
+    """Keep the checkpoint of a killed attempt of this run (``train`` resumes it), else
+    delete what an unfinished earlier attempt left (half a run made with other settings
+    must never be mixed with a new one).
+
+    :param preset: the settings the run will get now (default the sweep's)
+    :return: whether the run will resume from a checkpoint
+    """
     run_dir = run_dir_of(out, spec)
+    resume = False
     if run_dir.exists() and not (run_dir / "summary.json").is_file():
-        shutil.rmtree(run_dir)
-    for path in state_files(out, spec):
-        path.unlink(missing_ok=True)
+        resume = resumable(run_dir, spec, preset or spec.preset)
+        if not resume:
+            shutil.rmtree(run_dir)
+    status_path, log_path = state_files(out, spec)
+    status_path.unlink(missing_ok=True)
+    if not resume:
+        log_path.unlink(missing_ok=True)  # a resumed run appends to the log of its first attempt
+    return resume
 
 
 # --------------------------------------------------------------------------- one run (in a Ray worker)
@@ -316,7 +343,14 @@ def execute_run(spec: RunSpec, out: str, threads: int) -> dict[str, Any]:
     started = time.time()
     info = {"name": spec.name, "host": socket.gethostname(), "pid": os.getpid()}
     try:
-        prepare_run_dir(folder, spec)
+        preset = spec.preset
+        if preset.ppo.torch_threads == 0 or preset.ppo.torch_threads > threads:
+            # train() applies ppo.torch_threads itself: keep it within this run's share.
+            from prefrl.presets import apply_overrides
+
+            preset = apply_overrides(preset, [f"ppo.torch_threads={threads}"])
+        resuming = prepare_run_dir(folder, spec, preset)
+        info["resumed"] = resuming
         status_path, log_path = state_files(folder, spec)
         status_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = status_path.with_suffix(".tmp")
@@ -325,12 +359,6 @@ def execute_run(spec: RunSpec, out: str, threads: int) -> dict[str, Any]:
         pin_threads(threads)
         from prefrl.training import RunPaths, train
 
-        preset = spec.preset
-        if preset.ppo.torch_threads == 0 or preset.ppo.torch_threads > threads:
-            # train() applies ppo.torch_threads itself: keep it within this run's share.
-            from prefrl.presets import apply_overrides
-
-            preset = apply_overrides(preset, [f"ppo.torch_threads={threads}"])
         run_dir = run_dir_of(folder, spec)
         with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             summary = train(preset, arm=spec.arm, seed=spec.seed, paths=RunPaths(run_dir, run_dir / "clips"),

@@ -8,8 +8,9 @@ run doesn't end the plan) and writes to
     <out>/<task>/<setting>/<arm>/seed<k>/       arm = true | learned-<budget>
 
 where ``<setting>`` is ``<steps>steps`` (plus a short hash of any ``--set`` overrides).
-The plan is resumable: a run directory with ``summary.json`` is reused, a run directory
-without one (a run that was interrupted) is removed and run again.
+The plan is resumable: a run directory with ``summary.json`` is reused, an interrupted
+run continues from its last checkpoint, an unfinished folder without one is removed and
+run again.
 
 For every task the script also measures a uniform-random policy's true return on the
 evaluation env (the task's real rules, ``--random-episodes`` episodes); it is the zero of
@@ -261,13 +262,17 @@ def save_records(out: Path, records: Path) -> None:
 
 def prepare(plan: Sequence[RunSpec], records: Path | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
     """Split the plan into finished runs (reused, also those kept in ``records``) and
-    runs to do; remove the folders of unfinished runs so they start clean."""
+    runs to do. An interrupted run with a checkpoint resumes from it (``train`` ends it
+    exactly as an uninterrupted run); other unfinished folders are removed so that
+    their runs start clean."""
+    from prefrl.checkpoint import CHECKPOINT_FILE
+
     done, todo = [], []
     for spec in plan:
         if is_finished(spec, records):
             done.append(spec)
         else:
-            if spec.run_dir.exists():
+            if spec.run_dir.exists() and not (spec.run_dir / CHECKPOINT_FILE).is_file():
                 shutil.rmtree(spec.run_dir)
             todo.append(spec)
     return done, todo

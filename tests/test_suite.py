@@ -22,6 +22,7 @@ from prefrl.suite import (
     execute_run,
     finished_state,
     load_sweep,
+    prepare_run_dir,
     progress_table,
     run_suite,
     state_files,
@@ -198,3 +199,30 @@ def test_progress_is_read_from_a_growing_log(tmp_path):
     console.print(progress_table(sweep, [progress] + [RunProgress(s) for s in sweep.runs[2:]]))
     text = console.file.getvalue()
     assert "cartpole__learned-20__s0" in text and "256 / 512" in text and "1 running, 2 queued" in text
+
+
+def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path):
+    from prefrl.checkpoint import CHECKPOINT_FILE
+    from prefrl.presets import apply_overrides
+
+    sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
+    spec = next(r for r in sweep.runs if r.name == VICTIM)
+    run_dir = sweep.out / spec.name
+
+    def killed_attempt(preset) -> None:
+        (run_dir / CHECKPOINT_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINT_FILE).write_bytes(b"checkpoint")
+        (run_dir / "config.json").write_text(json.dumps({"arm": spec.arm, "seed": spec.seed,
+                                                         "preset": preset.to_dict()}))
+
+    killed_attempt(spec.preset)
+    assert prepare_run_dir(sweep.out, spec) is True
+    assert (run_dir / CHECKPOINT_FILE).read_bytes() == b"checkpoint"  # kept for train() to resume
+    # Started with other settings (here another thread count): deleted, run from scratch.
+    killed_attempt(apply_overrides(spec.preset, ["ppo.torch_threads=7"]))
+    assert prepare_run_dir(sweep.out, spec) is False
+    assert not run_dir.exists()
+    # Killed before its first checkpoint: nothing to resume.
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text("{}")
+    assert prepare_run_dir(sweep.out, spec) is False and not run_dir.exists()
