@@ -537,6 +537,24 @@ class LabelStore:
                 known[clip_id] = (int(length), float(true_return))
         return known
 
+    def next_id_number(self, table: str, prefix: str) -> int:
+        """One above the largest ``N`` of the ids ``prefix + N`` (``N`` all digits) in
+        ``pairs`` or ``clips``; 0 if there are none.
+
+        :param table: ``"pairs"`` or ``"clips"``
+        :param prefix: e.g. ``"q"`` (query pairs) or ``"s"`` (segments)
+        """
+        column = {"pairs": "pair_id", "clips": "clip_id"}.get(table)
+        if column is None:
+            raise ValueError(f"table must be 'pairs' or 'clips', not {table!r}")
+        highest = -1
+        for (value,) in self.connection.execute(f"SELECT {column} FROM {table} WHERE {column} GLOB ?",
+                                                (f"{prefix}[0-9]*",)):
+            digits = str(value)[len(prefix):]
+            if digits.isdigit():
+                highest = max(highest, int(digits))
+        return highest + 1
+
     def load_clip(self, clip_id: str) -> Segment:
         """Read one clip back as a :class:`Segment`.
 

@@ -130,8 +130,14 @@ class SegmentBuffer:
 
     @property
     def total_cut(self) -> int:
-        """Segments cut so far (including those already dropped)."""
+        """Segments cut so far (including those already dropped), plus ids skipped by
+        :meth:`skip_ids`: the number of the next segment id."""
         return self._next_id
+
+    def skip_ids(self, first_free: int) -> None:
+        """Number the next segments from ``first_free`` on (if above the next number), so
+        they do not reuse ids of segments stored elsewhere (e.g. by an interrupted run)."""
+        self._next_id = max(self._next_id, int(first_free))
 
     def add_step(
         self,

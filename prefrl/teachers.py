@@ -42,6 +42,12 @@ class Teacher(abc.ABC):
     #: (the human teacher reads them from there), so the trainer must not record them
     #: again: re-recording could bring back a label a person just undid.
     answers_in_store: bool = False
+    #: Asked the same queries at the same steps, the teacher gives the same answers at the
+    #: same points (the synthetic teacher), so a run resumed from a checkpoint retraces the
+    #: interrupted session exactly, down to the ids of its clips and pairs. A person does
+    #: not: a resumed run then takes other turns, and its new clips and pairs must not
+    #: reuse the ids the interrupted session stored after the checkpoint.
+    replayable: bool = True
 
     @abc.abstractmethod
     def ask(self, pairs: Sequence[ClipPair], step: int) -> None:
@@ -263,6 +269,7 @@ class HumanTeacher(Teacher):
 
     labeller = "human"
     answers_in_store = True
+    replayable = False
 
     def __init__(self, store: LabelStore, settle_seconds: float = 3.0, keep_frames: bool = False) -> None:
         if settle_seconds < 0:

@@ -437,6 +437,9 @@ class PreferenceCallback(BaseCallback):
         self.step_offset = step_offset
         self.asked = asked
         self.labels_used = labels_used
+        #: number of the next query's pair id (``q000123``); follows ``asked`` unless a
+        #: resume skipped ids (see :meth:`load_run_state`)
+        self.next_query_id = asked
         self.last_stats: dict[str, float] = {}
         self.next_update = 0
         self.fitter = fitter or RewardFitter(reward_model, buffer, mode="inline")
@@ -474,6 +477,7 @@ class PreferenceCallback(BaseCallback):
         the segment buffer (for a run checkpoint, between rollouts)."""
         return {
             "asked": self.asked, "labels_used": self.labels_used, "next_update": self.next_update,
+            "next_query_id": self.next_query_id,
             "last_stats": dict(self.last_stats), "rng": copy.deepcopy(self.rng.bit_generator.state),
             "fitter": self.fitter.run_state(),  # first: joins a running fit
             "reward_model": self._labels_by_reference(self.reward_model.run_state()),
@@ -483,6 +487,7 @@ class PreferenceCallback(BaseCallback):
 
     def load_run_state(self, state: dict[str, Any]) -> None:
         self.asked, self.labels_used = int(state["asked"]), int(state["labels_used"])
+        self.next_query_id = int(state.get("next_query_id", self.asked))
         self.next_update, self.last_stats = int(state["next_update"]), dict(state["last_stats"])
         # In place: the query selectors hold this very generator.
         self.rng.bit_generator.state = state["rng"]
@@ -491,6 +496,17 @@ class PreferenceCallback(BaseCallback):
         load_teacher_state(self.teacher, state["teacher"])
         # In place: the recorder, the fitter and this callback share the buffer.
         self.buffer.__dict__.update(state["buffer"].__dict__)
+        if not self.teacher.replayable:
+            # The interrupted session stored clips and pairs after this checkpoint that
+            # this session will not retrace (a person answers at other moments, so the
+            # reward, the policy and the segments differ): number new ones past them.
+            # Those pairs stay in the store and count as asked (people see them, the
+            # label budget includes them); their labels reach the trainer all the same.
+            self.buffer.skip_ids(self.store.next_id_number("clips", "s"))
+            stored = self.store.next_id_number("pairs", "q")
+            if stored > self.next_query_id:
+                self.asked += stored - self.next_query_id
+                self.next_query_id = stored
 
     def _labels_by_reference(self, model_state: dict[str, Any]) -> dict[str, Any]:
         """Labelled pairs that are in the label store (all, normally) are checkpointed
@@ -530,11 +546,13 @@ class PreferenceCallback(BaseCallback):
         trained = self.reward_model.n_labels > 0
         queries = draw_queries(
             self.buffer, due, self.selector if trained else self.uniform, self.preset.labels.oversample, self.rng,
-            preference_probabilities=self.reward_model.preference_probabilities if trained else None, prefix="q", first_id=self.asked,
+            preference_probabilities=self.reward_model.preference_probabilities if trained else None, prefix="q",
+            first_id=self.next_query_id,
         )
         self.store.add_pairs(queries)
         self.teacher.ask(queries, step)
         self.asked += len(queries)
+        self.next_query_id += len(queries)
         return len(queries)
 
     def collect(self, step: int) -> list[Preference]:

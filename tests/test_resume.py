@@ -422,3 +422,55 @@ def test_a_human_teachers_pending_queries_come_back(tmp_path):
     assert [(a.pair.pair_id, a.choice, a.step) for a in answers] == [(pairs[2].pair_id, Choice.RIGHT, 100)]
     assert resumed.pending() == 1
     store.close()
+
+
+def test_a_human_run_killed_rounds_after_its_checkpoint_resumes(tmp_path, monkeypatch):
+    """A person's answers arrive at other moments in a resumed run, so it takes other
+    turns than the killed session did after the checkpoint: its new clips and pairs get
+    ids past the killed session's (reusing them was refused as a clips folder of another
+    run), whose pairs stay, count as asked and have their labels handed over."""
+    import threading
+
+    run_dir, clips = tmp_path / "run", tmp_path / "run" / "clips"
+    stop = threading.Event()
+
+    def person() -> None:  # answers every pair as soon as it is there
+        store = None
+        while not stop.is_set():
+            if store is None and (clips / "labels.sqlite").is_file():
+                store = LabelStore(clips, "pendulum")
+            pair_id = store.lease_next("person", lease_seconds=30) if store is not None else None
+            if pair_id is None:
+                time.sleep(0.02)
+            else:
+                store.record_label(pair_id, Choice.LEFT if len(pair_id) % 2 else Choice.RIGHT, "person")
+        if store is not None:
+            store.close()
+
+    labeller = threading.Thread(target=person, daemon=True)
+    labeller.start()
+    try:
+        # Checkpoint only at the start of learning; killed after three query rounds.
+        _interrupt_at(monkeypatch, 900, how="crash")
+        with pytest.raises(_Crash):
+            _train("pendulum", run_dir, teacher_kind="human", checkpoint_steps=10**6, checkpoint_seconds=0)
+        assert read_checkpoint(run_dir)["step"] == 0
+        monkeypatch.undo()
+        with LabelStore(clips, "pendulum", readonly=True) as store:
+            killed_pairs = {row[0]: tuple(row[1:]) for row in
+                            store.connection.execute("SELECT pair_id, left_clip, right_clip FROM pairs")}
+        orphans = 1 + max(int(p[1:]) for p in killed_pairs)  # the killed session asked q000000 .. here
+        time.sleep(3.5)  # the labels of the killed session's pairs settle: this session reads them early
+        summary = _train("pendulum", run_dir, teacher_kind="human", checkpoint_steps=10**6, checkpoint_seconds=0)
+    finally:
+        stop.set()
+        labeller.join(timeout=30)
+    assert summary["env_steps"] == 1024 and summary["resumed_at_step"] == 0
+    with LabelStore(clips, "pendulum", readonly=True) as store:
+        pairs = {row[0]: tuple(row[1:]) for row in
+                 store.connection.execute("SELECT pair_id, left_clip, right_clip FROM pairs")}
+        assert store.connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert orphans > 8 and all(pairs[p] == clips_of for p, clips_of in killed_pairs.items())  # kept as they were
+    assert len(pairs) <= 40  # the budget counts the killed session's pairs too
+    new = [p for p in pairs if p not in killed_pairs]
+    assert new and all(int(p[1:]) >= orphans for p in new)
