@@ -28,7 +28,7 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "envs"
 DOMAINS = ("mujoco", "atari", "classic")
 QUERY_SELECTIONS = ("uniform", "disagreement", "entropy")
 REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
-VEC_ENVS = ("dummy", "subproc")
+VEC_ENVS = ("dummy", "subproc", "ale")
 #: Settings for which an infinite value means something (a perfectly rational teacher,
 #: a teacher that never skips).
 INFINITE_ALLOWED = ("teacher.beta", "teacher.skip_threshold")
@@ -96,7 +96,8 @@ class PPOSettings:
     :param total_steps: environment (agent) steps of one run
     :param policy: SB3 policy name (``MlpPolicy`` or ``CnnPolicy``)
     :param n_envs: parallel environments
-    :param vec_env: ``dummy`` (in process) or ``subproc``
+    :param vec_env: ``dummy`` (in process), ``subproc`` or, Atari only, ``ale`` (the same
+        envs on the emulators directly, ``prefrl.ale_vec_env``)
     :param normalize_observations: wrap in ``VecNormalize`` for observations
     :param normalize_rewards: let ``VecNormalize`` scale the reward the agent sees
     :param clip_true_reward: clip the true reward to [-1, 1] in the true arm (Atari)
@@ -501,6 +502,8 @@ def validate(preset: Preset, source: str = "preset") -> None:
         raise bad("reward.architecture", r.architecture, f"use one of {', '.join(REWARD_ARCHITECTURES)}")
     if p.vec_env not in VEC_ENVS:
         raise bad("ppo.vec_env", p.vec_env, f"use one of {', '.join(VEC_ENVS)}")
+    if p.vec_env == "ale" and t.domain != "atari":
+        raise bad("ppo.vec_env", p.vec_env, f"ale runs Atari tasks only; use dummy or subproc for {t.domain}")
     if p.policy not in ("MlpPolicy", "CnnPolicy"):
         raise bad("ppo.policy", p.policy, "use MlpPolicy or CnnPolicy")
     # Both convolutional networks read stacked frames: only Atari observations are images.

@@ -217,13 +217,15 @@ def gray_lut() -> np.ndarray:
 
 def atari_envs(steps: int) -> tuple[list[tuple[str, str, str]], str]:
     """Agent steps/s of 8 Pong envs with random actions: our wrapper chain in SB3's
-    DummyVecEnv and SubprocVecEnv, and ale-py's C++ ``AtariVectorEnv``, natively (its
+    DummyVecEnv and SubprocVecEnv, prefrl's ``AleVectorEnv`` (the same env on the
+    emulators directly), and ale-py's C++ ``AtariVectorEnv``, natively (its
     own resize: the score mask cannot be applied to the raw frame) and as RGB frames
     that get our mask, grayscale, resize and stack in numpy. Also checks that the latter
     gives our chain's frames exactly (no-op starts off on both sides, same actions)."""
     import cv2
     from ale_py.vector_env import AtariVectorEnv
 
+    from prefrl.ale_vec_env import make_ale_vec_env
     from prefrl.training import make_vec_env
 
     preset = load_preset("pong")
@@ -260,6 +262,13 @@ def atari_envs(steps: int) -> tuple[list[tuple[str, str, str]], str]:
         rate = time_it(venv.step, venv.reset)
         venv.close()
         rows.append((f"our chain, SB3 {kind}", "yes (the reference)", f"{rate:,.0f}"))
+    # The whole training env (fixed horizon, restarts, penalty, Monitor) on the emulators
+    # directly; tests/test_ale_vec_env.py checks it against the chain step by step.
+    venv = make_ale_vec_env(preset, n, 0)
+    rate = time_it(venv.step, venv.reset)
+    venv.close()
+    rows.append(("prefrl AleVectorEnv (ppo.vec_env = \"ale\"): one ALE per env, gray lookup table, numpy",
+                 "yes, and rewards, dones, infos, no-op starts, seeding, checkpoints (tested)", f"{rate:,.0f}"))
     for threads in (1, 2):
         common = dict(num_threads=threads, noop_max=task.noop_max, reward_clipping=False, use_fire_reset=False,
                       autoreset_mode="SameStep", frameskip=task.frame_skip, repeat_action_probability=0.0)

@@ -109,8 +109,9 @@ def test_pong_frame_cap_restarts_in_place_without_flag(monkeypatch: pytest.Monke
 
 def test_breakout_fire_reset_game_over_penalty_and_horizon_match_sb3_chain() -> None:
     # Random play loses Breakout's 5 lives within ~200 steps: game over restarts in place
-    # (FIRE again, flagged, penalised) inside fixed-horizon episodes.
-    preset = load_preset("breakout", ["task.horizon=250", "task.noop_max=0"])
+    # (FIRE again, flagged, penalised) inside fixed-horizon episodes. People see the score
+    # here (recorded before the mask), the agent does not.
+    preset = load_preset("breakout", ["task.horizon=250", "task.noop_max=0", "task.show_unmasked_frames=true"])
     assert preset.task.fire_reset and preset.task.termination_penalty > 0
     counts = _compare(preset, 300, record_frames=True)
     assert counts["after_termination"] >= 1 and counts["done"] == 2 and counts["episodes"] == 2
@@ -199,6 +200,12 @@ def test_run_checkpoint_round_trip() -> None:
     # A state from the SB3 chain (a list of wrapper states) is refused with a clear message.
     with pytest.raises(PrefrlError, match="another vec_env backend"):
         venv.set_run_state(0, [{"class": "TimeLimit"}])
+
+
+def test_preset_accepts_ale_for_atari_only() -> None:
+    assert load_preset("pong", ["ppo.vec_env=ale"]).ppo.vec_env == "ale"
+    with pytest.raises(PrefrlError, match="Atari tasks only"):
+        load_preset("cartpole", ["ppo.vec_env=ale"])
 
 
 def test_ppo_learns_on_it() -> None:
