@@ -186,6 +186,10 @@ class ResetOnNonFinite(gym.Wrapper, RecordConstructorArgs):
     step returns the restarted env's first observation, reward 0 and
     ``info["nonfinite_reset"] = True``; the episode itself goes on.
 
+    Only a non-finite *observation* (a diverged simulation) is recovered this way. A
+    non-finite reward beside a finite observation is a bug of the env, not physics: it
+    passes through, and training stops with a message naming the step and the env.
+
     :param env: a continuous-observation env
     """
 
@@ -195,7 +199,7 @@ class ResetOnNonFinite(gym.Wrapper, RecordConstructorArgs):
 
     def step(self, action: Any) -> StepReturn:
         obs, reward, terminated, truncated, info = self.env.step(action)
-        if np.all(np.isfinite(obs)) and np.isfinite(reward):
+        if np.all(np.isfinite(obs)):
             return obs, reward, terminated, truncated, info
         obs, reset_info = self.env.reset()
         return obs, 0.0, False, False, {**info, **reset_info, "nonfinite_reset": True}

@@ -190,6 +190,13 @@ def make_vec_env(
     record_frames: bool = False,
 ) -> VecEnv:
     """Vectorised task env, seeded once (env ``i`` gets ``seed + i``)."""
+    if preset.ppo.vec_env == "ale":
+        # Atari only (presets.validate): the SB3 chain's envs, stepped on the emulators
+        # directly with the frame processing batched (scripts/benchmark_speed.py --atari-envs).
+        from prefrl.ale_vec_env import make_ale_vec_env
+
+        return make_ale_vec_env(preset, n_envs, seed, evaluation=evaluation,
+                                clip_reward=clip_reward, record_frames=record_frames)
     factories = [_env_factory(preset, evaluation, clip_reward, record_frames) for _ in range(n_envs)]
     if preset.ppo.vec_env == "subproc" and n_envs > 1:
         venv: VecEnv = SubprocVecEnv([_ignoring_stop_signals(factory) for factory in factories])
@@ -641,6 +648,10 @@ class TrueReturnEvalCallback(BaseCallback):
             self.model, self.eval_env, n_eval_episodes=self.preset.eval.episodes,
             deterministic=self.preset.eval.deterministic, return_episode_rewards=True, warn=False,
         )
+        if not np.all(np.isfinite(returns)):
+            # Never write a NaN row: eval.csv and the final return must stay readable.
+            raise NonFiniteError(f"step {self.num_timesteps:,}: an evaluation episode of the environment "
+                                 f"returned a non-finite true return ({returns})")
         mean, std = float(np.mean(returns)), float(np.std(returns))
         row = [self.num_timesteps, mean, std, len(returns), float(np.mean(lengths))]
         self.rows.append(row)

@@ -696,3 +696,46 @@ def test_any_preset_file_loads_and_builds_or_is_a_one_line_error(task: str, chan
                 venv.step(np.stack([venv.action_space.sample()]))
         finally:
             venv.close()
+
+
+# --------------------------------------------------------------------------- a non-finite env
+
+
+class _PendulumTurningNaN:
+    """Pendulum-v1 whose reward turns NaN (or infinite) after ``after`` steps while its
+    observations stay finite: a bug of the environment, not a diverged simulation."""
+
+    def __new__(cls, after: int = 600, value: float = math.nan, **kwargs: Any):
+        from gymnasium.envs.classic_control.pendulum import PendulumEnv
+
+        class Env(PendulumEnv):
+            def step(self, action):  # type: ignore[override]
+                obs, reward, terminated, truncated, info = super().step(action)
+                self.steps_taken = getattr(self, "steps_taken", 0) + 1
+                return obs, (value if self.steps_taken > after else reward), terminated, truncated, info
+
+        return Env(**kwargs)
+
+
+@pytest.mark.parametrize(("env_id", "value", "shown"), [("PrefrlTestNaNReward-v0", math.nan, "nan"),
+                                                          ("PrefrlTestInfReward-v0", math.inf, "inf")])
+@pytest.mark.parametrize("arm", ["true", "learned"])
+def test_non_finite_env_reward_stops_the_run_and_keeps_the_checkpoint(
+    workdir: Path, capsys: pytest.CaptureFixture[str], env_id: str, value: float, shown: str, arm: str
+) -> None:
+    import gymnasium as gym
+
+    from prefrl.checkpoint import CHECKPOINT_FILE
+
+    if env_id not in gym.registry:
+        gym.register(env_id, entry_point=lambda **kw: _PendulumTurningNaN(after=600, value=value, **kw),
+                     max_episode_steps=200)
+    preset = workdir / "nanpendulum.toml"
+    preset.write_text((PRESET_DIR / "pendulum.toml").read_text().replace('"Pendulum-v1"', f'"{env_id}"'))
+    run_dir = workdir / "runs" / "nan"
+    code, err = run_cli(["train", str(preset), "--reward", arm, "--run-dir", str(run_dir), "--no-progress",
+                         "--checkpoint-every", "256", "--set", "labels.budget=20", "--set", "labels.initial_labels=10",
+                         "--set", "eval.every_steps=100000"], capsys)
+    message = assert_refused(code, err, "non-finite reward", f"({shown})", "checkpoint of step", "kept")
+    assert "env 0" in message
+    assert (run_dir / CHECKPOINT_FILE).is_file() and not (run_dir / "summary.json").exists()
