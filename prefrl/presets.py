@@ -28,6 +28,8 @@ PRESET_DIR = Path(__file__).resolve().parent.parent / "envs"
 DOMAINS = ("mujoco", "atari", "classic")
 QUERY_SELECTIONS = ("uniform", "disagreement", "entropy")
 REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
+#: How the ensemble is refitted beside PPO (prefrl.training.RewardFitter).
+FIT_MODES = ("background", "inline", "lagged")
 VEC_ENVS = ("dummy", "subproc", "ale")
 #: Settings for which an infinite value means something (a perfectly rational teacher,
 #: a teacher that never skips).
@@ -146,6 +148,11 @@ class RewardSettings:
     :param batch_norm: CNN only: batch normalisation after each conv
     :param dropout: CNN only: dropout probability
     :param frames_per_clip: frames of each clip used by the loss per minibatch (0 = all)
+    :param fit_mode: ``background``: refit in a thread beside PPO, the next rewards wait
+        for it (exactly the rewards of ``inline``, where the agent waits at once);
+        ``lagged``: the agent's rewards come from the previous weights until the next
+        update point, so a refit may take a whole update interval without stalling the
+        agent (the paper's asynchronous training; for the slow Atari CNN)
     """
 
     architecture: str = "mlp"
@@ -165,6 +172,7 @@ class RewardSettings:
     batch_norm: bool = True
     dropout: float = 0.5
     frames_per_clip: int = 0
+    fit_mode: str = "background"
 
 
 @dataclass(frozen=True)
@@ -500,6 +508,8 @@ def validate(preset: Preset, source: str = "preset") -> None:
         raise bad("labels.query_selection", lab.query_selection, f"use one of {', '.join(QUERY_SELECTIONS)}")
     if r.architecture not in REWARD_ARCHITECTURES:
         raise bad("reward.architecture", r.architecture, f"use one of {', '.join(REWARD_ARCHITECTURES)}")
+    if r.fit_mode not in FIT_MODES:
+        raise bad("reward.fit_mode", r.fit_mode, f"use one of {', '.join(FIT_MODES)}")
     if p.vec_env not in VEC_ENVS:
         raise bad("ppo.vec_env", p.vec_env, f"use one of {', '.join(VEC_ENVS)}")
     if p.vec_env == "ale" and t.domain != "atari":

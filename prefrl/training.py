@@ -1159,7 +1159,7 @@ def train(
     progress: bool = True,
     verbose: int = 0,
     relabel: str = "rollout",
-    fit: str = "background",
+    fit: str | None = None,
     fit_threads: int = 1,
     checkpoint_steps: int = 0,
     checkpoint_seconds: float = 600.0,
@@ -1186,7 +1186,8 @@ def train(
         or ``step`` (one per vectorised step); see the module docstring
     :param fit: learned arm: refit the ensemble in the ``background`` beside PPO (same
         result as ``inline``, where the agent waits for each fit) or ``lagged`` (rewards
-        from the previous weights until the next update point); all deterministic
+        from the previous weights until the next update point); all deterministic.
+        Default: the preset's ``reward.fit_mode``
     :param fit_threads: torch threads of the background fit
     :param checkpoint_steps: write the checkpoint every this many env steps (0: not by
         steps); always at the start of learning and on SIGINT/SIGTERM
@@ -1200,6 +1201,7 @@ def train(
         raise PrefrlError(f"unknown arm '{arm}'; use one of {', '.join(ARMS)}")
     if relabel not in RELABEL_MODES:
         raise PrefrlError(f"unknown relabel mode '{relabel}'; use one of {', '.join(RELABEL_MODES)}")
+    fit = fit or preset.reward.fit_mode
     if fit not in FIT_MODES:
         raise PrefrlError(f"unknown fit mode '{fit}'; use one of {', '.join(FIT_MODES)}")
     paths = paths or default_paths(preset.task.name, arm, seed)

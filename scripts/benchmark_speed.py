@@ -328,7 +328,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=0, help="runs per arm, alternating (0: per-task default)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--relabel", choices=("rollout", "step"), default="rollout")
-    parser.add_argument("--fit", choices=("background", "inline", "lagged"), default="background")
+    parser.add_argument("--fit", choices=("background", "inline", "lagged"), default=None,
+                        help="reward fitting of the learned arm (default: each preset's reward.fit_mode)")
     parser.add_argument("--fit-threads", type=int, default=1)
     parser.add_argument("--set", action="append", default=[], metavar="TASK:KEY=VALUE",
                         help="extra override of the learned arm of a task, e.g. pong:reward.epochs_per_update=2")
@@ -351,7 +352,7 @@ def main() -> None:
     emit(f"- machine: {started['cores']} cores, {started['cpu']}; Python {started['python']}, torch {started['torch']}")
     emit(f"- date: {datetime.now().isoformat(timespec='minutes')}")
     emit(f"- command: `{command}`")
-    emit(f"- learned arm: relabel `{args.relabel}`, reward fitting `{args.fit}` "
+    emit(f"- learned arm: relabel `{args.relabel}`, reward fitting `{args.fit or 'the preset reward.fit_mode'}` "
          f"({args.fit_threads} torch thread{'s' if args.fit_threads > 1 else ''} when in the background)")
     emit(f"- load average (1/5/15 min) at start: {started['load']}")
     emit()
