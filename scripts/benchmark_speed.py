@@ -59,7 +59,9 @@ from prefrl.training import RunPaths, train
 #: arm's preset. Every override is printed beside the results.
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "pong": {
-        "steps": 8192,
+        # Two update points of the preset (every 10,240 steps): one lagged refit runs
+        # beside PPO over a whole interval inside the window.
+        "steps": 20480,
         "repeats": 2,
         # Pretraining is not timed but would take hours on a CPU (200 epochs of the CNN
         # on 500 labels): the window starts from the initial labels untrained.
