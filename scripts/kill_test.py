@@ -636,6 +636,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="3 kills (trainer, viewer, both) of a short run")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="more preset overrides")
     args = parser.parse_args(argv)
+    if args.out is not None and args.out.exists() and any(args.out.iterdir()):
+        # A finished run there would make every restart refuse; never mix two tests.
+        parser.error(f"--out {args.out} is not empty; give a new or empty folder (or leave --out out for a temporary one)")
     plan = tuple(args.plan.split(",")) if args.plan else None
     if plan and any(p not in TARGETS for p in plan):
         parser.error(f"--plan takes {', '.join(TARGETS)}")
