@@ -690,7 +690,8 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
     mujoco, atari = [], []
     by_task: dict[str, list[Setting]] = defaultdict(list)
     for s in settings:
-        by_task[s.task].append(s)
+        if not s.overrides:  # a verdict is about the presets as shipped; variants have their own section
+            by_task[s.task].append(s)
     for task in MUJOCO_TARGET_TASKS:
         for budget in (MUJOCO_TARGET_LABELS, MUJOCO_TARGET_LABELS // 2):
             what = "target" if budget == MUJOCO_TARGET_LABELS else "also reported"
