@@ -71,7 +71,8 @@ def _run_episode(env: gym.Env, seed: int, max_steps: int = 100_000) -> tuple[int
 
 
 def test_hopper_training_episode_has_fixed_length_and_flags_the_fall() -> None:
-    preset = load_preset("hopper")
+    """Continue mode (Walker2d and Ant; Hopper with an override): the fallen robot lies on."""
+    preset = load_preset("hopper", ["task.on_termination=continue", "task.termination_penalty=5"])
     env = make_env(preset)
     length, terminated, infos = _run_episode(env, seed=1)
     assert length == preset.task.horizon == 1000
@@ -83,6 +84,24 @@ def test_hopper_training_episode_has_fixed_length_and_flags_the_fall() -> None:
     states = np.stack([info["render_state"] for info in infos])
     assert states.shape == (1000, env.unwrapped.model.nq + env.unwrapped.model.nv)
     assert np.isfinite(states).all()
+
+
+def test_hopper_restarts_in_place_after_a_fall_with_the_penalty() -> None:
+    """The Hopper preset: each fall flags one step, costs the penalty, and a fresh hopper goes on."""
+    preset = load_preset("hopper")
+    assert preset.task.on_termination == "reset"
+    env = make_env(preset)
+    env.reset(seed=1)
+    env.action_space.seed(1)
+    falls, rewards = [], []
+    for _ in range(preset.task.horizon):
+        _, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        falls.append(info["after_termination"])
+        rewards.append(reward)
+    assert not terminated and truncated, "the fixed horizon ends the episode, not a fall"
+    falls_at = np.flatnonzero(falls)
+    assert len(falls_at) >= 5, "a random Hopper falls again and again"
+    assert all(rewards[i] < -preset.task.termination_penalty + 5 for i in falls_at)
 
 
 def test_hopper_evaluation_episode_ends_at_the_fall() -> None:
