@@ -500,7 +500,8 @@ class KillTest:
         s = self.s
         plan = list(s.plan) if s.plan else [str(self.rng.choice(TARGETS)) for _ in range(s.kills)]
         # Random env steps of the run, in order; each kill comes a random moment after its step.
-        fractions = np.sort(self.rng.uniform(0.02, 0.9, size=len(plan)))
+        # Not too close to the end: a short run on a quiet machine finishes within a jitter.
+        fractions = np.sort(self.rng.uniform(0.02, 0.75, size=len(plan)))
         kill_steps = [int(f * s.steps) for f in fractions]
         jitters = self.rng.uniform(0.0, s.jitter, size=len(plan))
         which_viewer = self.rng.integers(s.viewers, size=len(plan))
@@ -527,7 +528,12 @@ class KillTest:
                         self.result.errors.append(f"the run finished before kill {number} of {len(plan)}; "
                                                   "give more --steps")
                     break  # finish() judges the session
-                time.sleep(float(jitter))
+                self.wait_jitter(float(jitter))
+                if self.trainer.proc.poll() is not None:
+                    if self.trainer.proc.returncode == 0:
+                        self.result.errors.append(f"the run finished before kill {number} of {len(plan)}; "
+                                                  "give more --steps")
+                    break  # finish() judges the session
                 self.kill(number, target, int(v))
             self.finish()
         except (TimeoutError, OSError) as exc:
@@ -541,6 +547,15 @@ class KillTest:
             (self.out / "kill_test.json").write_text(json.dumps({**asdict(self.result), "passed": self.result.passed},
                                                                 indent=2))
         return self.result
+
+    def wait_jitter(self, seconds: float) -> None:
+        """Wait up to ``seconds`` (a random moment after the kill's step), but kill at once
+        when the run nears its end: a killed finished run would have nothing to resume."""
+        end = time.monotonic() + seconds
+        assert self.trainer is not None
+        while (time.monotonic() < end and self.trainer.proc.poll() is None
+               and self.trainer_step() < int(0.85 * self.s.steps)):
+            time.sleep(0.02)
 
     def restart_dead_viewers(self) -> None:
         for i, proc in enumerate(self.viewers):
