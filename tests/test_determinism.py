@@ -8,11 +8,11 @@ depended on how far the fit had got when it looked, two runs would differ here.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import sqlite3
+import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -20,6 +20,9 @@ import torch
 
 from prefrl.presets import load_preset
 from prefrl.training import RunPaths, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_fixtures import eval_rows, tensors  # noqa: E402
 
 #: CartPole: discrete actions, a termination penalty and resets in place, so clips mix
 #: falls and upright steps. Several update rounds (every 256 steps over 1536) make the
@@ -85,23 +88,6 @@ def _store_contents(clips_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
     return contents
 
 
-def _tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor of a nested checkpoint, with its path (state dicts, optimizer, stats)."""
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from _tensors(value, f"{prefix}.{key}")
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from _tensors(value, f"{prefix}[{i}]")
-
-
-def _eval_rows(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "eval.csv", newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
 def test_same_seed_gives_the_same_labels(runs: dict[str, Path]) -> None:
     a, b = runs["a"], runs["b"]
     store_a, store_b = _store_contents(a.parent / "a_clips"), _store_contents(b.parent / "b_clips")
@@ -117,7 +103,7 @@ def test_same_seed_gives_the_same_labels(runs: dict[str, Path]) -> None:
 def test_same_seed_gives_the_same_reward_model(runs: dict[str, Path]) -> None:
     state_a = torch.load(runs["a"] / "reward_model.pt", weights_only=True)
     state_b = torch.load(runs["b"] / "reward_model.pt", weights_only=True)
-    tensors_a, tensors_b = dict(_tensors(state_a)), dict(_tensors(state_b))
+    tensors_a, tensors_b = dict(tensors(state_a)), dict(tensors(state_b))
     assert tensors_a.keys() == tensors_b.keys()
     assert any(key.startswith(".net.") for key in tensors_a)
     for key in tensors_a:
@@ -128,7 +114,7 @@ def test_same_seed_gives_the_same_reward_model(runs: dict[str, Path]) -> None:
 
 
 def test_same_seed_gives_the_same_evaluation_returns(runs: dict[str, Path]) -> None:
-    rows_a, rows_b = _eval_rows(runs["a"]), _eval_rows(runs["b"])
+    rows_a, rows_b = eval_rows(runs["a"]), eval_rows(runs["b"])
     assert len(rows_a) >= 4  # step 0, every 512 steps, and the end
     assert rows_a == rows_b
     assert all(np.isfinite(float(row["mean_true_return"])) for row in rows_a)
@@ -140,5 +126,5 @@ def test_another_seed_gives_other_labels(runs: dict[str, Path]) -> None:
     assert _store_contents(root / "a_clips")["clip_arrays"] != _store_contents(root / "c_clips")["clip_arrays"]
     state_a = torch.load(runs["a"] / "reward_model.pt", weights_only=True)
     state_c = torch.load(runs["other_seed"] / "reward_model.pt", weights_only=True)
-    first = next(key for key, _ in _tensors(state_a) if key.startswith(".net."))
-    assert not torch.equal(dict(_tensors(state_a))[first], dict(_tensors(state_c))[first])
+    first = next(key for key, _ in tensors(state_a) if key.startswith(".net."))
+    assert not torch.equal(dict(tensors(state_a))[first], dict(tensors(state_c))[first])

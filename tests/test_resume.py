@@ -4,7 +4,6 @@ values and run directories of other layout versions are handled with clear messa
 
 from __future__ import annotations
 
-import csv
 import errno
 import json
 import os
@@ -23,6 +22,7 @@ from stable_baselines3 import PPO
 
 import prefrl.checkpoint as checkpoint
 from clip_fixtures import make_pairs
+from run_fixtures import eval_rows
 import prefrl.training as training
 from prefrl.checkpoint import RUN_DIR_SCHEMA, capture_env_state, checkpoint_path, read_checkpoint, restore_env_state
 from prefrl.cli import main
@@ -85,18 +85,13 @@ def _labels(run_dir: Path) -> list[tuple]:
     return [(r["pair_id"], r["left_clip"], r["right_clip"], r["choice"]) for r in rows]
 
 
-def _eval_rows(run_dir: Path) -> list[dict]:
-    with open(run_dir / "eval.csv") as fh:
-        return list(csv.DictReader(fh))
-
-
 def _assert_same_run(a: Path, b: Path, learned: bool = True) -> None:
     """Same policy weights, evaluation curve and (learned arm) labels and reward weights."""
     policy_a = PPO.load(a / "policy.zip", device="cpu").policy.state_dict()
     policy_b = PPO.load(b / "policy.zip", device="cpu").policy.state_dict()
     for key in policy_a:
         assert torch.equal(policy_a[key], policy_b[key]), key
-    assert _eval_rows(a) == _eval_rows(b)
+    assert eval_rows(a) == eval_rows(b)
     summary_a, summary_b = (json.loads((d / "summary.json").read_text()) for d in (a, b))
     for key in ("env_steps", "labels_used", "final_true_return", "pretrain_env_steps"):
         assert summary_a[key] == summary_b[key], key

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,9 @@ import torch
 from prefrl.presets import load_preset
 from prefrl.report import compare
 from prefrl.training import RunPaths, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from run_fixtures import tensors  # noqa: E402
 
 TINY = (
     "ppo.total_steps=1024",
@@ -80,25 +84,14 @@ def test_same_seed_same_labels_and_reward_weights(runs):
     ]
     weights_a = torch.load(a / "reward_model.pt", weights_only=False)
     weights_b = torch.load(b / "reward_model.pt", weights_only=False)
-    flat_a = {k: v for k, v in _tensors(weights_a)}
-    flat_b = {k: v for k, v in _tensors(weights_b)}
+    flat_a = {k: v for k, v in tensors(weights_a)}
+    flat_b = {k: v for k, v in tensors(weights_b)}
     assert flat_a.keys() == flat_b.keys() and flat_a
     for key in flat_a:
         assert torch.equal(flat_a[key], flat_b[key]), key
     summary_a = json.loads((a / "summary.json").read_text())
     summary_b = json.loads((b / "summary.json").read_text())
     assert summary_a["final_true_return"] == summary_b["final_true_return"]
-
-
-def _tensors(obj, prefix=""):
-    if isinstance(obj, torch.Tensor):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _tensors(v, f"{prefix}.{k}")
-    elif isinstance(obj, (list, tuple)):
-        for i, v in enumerate(obj):
-            yield from _tensors(v, f"{prefix}[{i}]")
 
 
 def test_compare_writes_plot_and_table(runs, tmp_path):
