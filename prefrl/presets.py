@@ -140,6 +140,9 @@ class RewardSettings:
     :param learning_rate: Adam step size
     :param batch_size: clip pairs per minibatch
     :param epochs_per_update: passes over the labels each time new labels arrived
+    :param max_pairs_per_update: at most this many clip pairs per member in one refit
+        (0 = no cap): once the labels outnumber it, a refit costs the same however many
+        arrive, so a slow network keeps pace with PPO (pretraining is not capped)
     :param initial_l2: starting L2 strength, adapted so that validation loss stays
         between ``l2_ratio_low`` and ``l2_ratio_high`` times the training loss
     :param validation_fraction: share of labels held out to tune L2 (1/e in the paper)
@@ -163,6 +166,7 @@ class RewardSettings:
     learning_rate: float = 3e-4
     batch_size: int = 64
     epochs_per_update: int = 10
+    max_pairs_per_update: int = 0
     initial_l2: float = 0.001
     validation_fraction: float = 1.0 / math.e
     l2_ratio_low: float = 1.1
@@ -482,7 +486,7 @@ def validate(preset: Preset, source: str = "preset") -> None:
         "task.noop_max": t.noop_max,
         "labels.initial_labels": lab.initial_labels, "labels.pretrain_epochs": lab.pretrain_epochs,
         "reward.label_buffer_size": r.label_buffer_size, "reward.frames_per_clip": r.frames_per_clip,
-        "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,
+        "reward.max_pairs_per_update": r.max_pairs_per_update, "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,
         "ppo.torch_threads": p.torch_threads, "ppo.vf_coef": p.vf_coef,
         "teacher.equal_threshold": te.equal_threshold,
     }

@@ -869,7 +869,7 @@ class RewardModel:
     def _penalty(self) -> Tensor:
         return sum((p.square().sum() for p in self.net.penalised_parameters()), torch.zeros(()))
 
-    def train(self, epochs: int | None = None) -> dict[str, float]:
+    def train(self, epochs: int | None = None, max_pairs: int = 0) -> dict[str, float]:
         """Fit the ensemble to the kept labels, then adapt the L2 strength.
 
         Each member trains on a fresh bootstrap resample (as many draws as training
@@ -878,6 +878,10 @@ class RewardModel:
         member is its mean preference loss plus ``l2`` times its squared weights.
 
         :param epochs: passes over the training labels (default ``epochs_per_update``)
+        :param max_pairs: stop after this many pairs per member (whole minibatches, the
+            last epoch then covers a random part of the resample); 0 = no cap. A refit
+            with a cap costs the same however many labels have arrived, so a slow
+            network (the Atari CNN on a CPU) keeps pace with PPO (``max_pairs_per_update``)
         :return: ``train_loss`` (in-bag, eval mode), ``val_loss``, ``val_accuracy``
             (non-tie held-out labels, ensemble mean probability), ``l2`` (after
             adaptation), ``l2_used``, ``fit_loss`` (mean minibatch loss of the last
@@ -907,10 +911,17 @@ class RewardModel:
         if n_train > 0 and epochs > 0:
             boot = train_idx[self._rng.integers(0, n_train, size=(m, n_train))]
             fit_start = time.perf_counter()
-            for _ in range(epochs):
+            # Minibatches in all: whole epochs, or as many as the cap allows.
+            per_epoch = math.ceil(n_train / s.batch_size)
+            budget = epochs * per_epoch
+            if max_pairs > 0:
+                budget = min(budget, max(1, math.ceil(max_pairs / s.batch_size)))
+            while steps < budget:
                 order = self._rng.permuted(boot, axis=1)
                 losses = []
                 for start in range(0, n_train, s.batch_size):
+                    if steps >= budget:
+                        break
                     idx = order[:, start : start + s.batch_size]
                     frames = self._draw_frames(idx.shape, data.clip_length)
                     with self._lock, _mode(self.net, True):

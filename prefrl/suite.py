@@ -277,18 +277,11 @@ def finished_state(out: Path, spec: RunSpec) -> tuple[str, str]:
 
 
 def resumable(run_dir: Path, spec: RunSpec, preset: Preset) -> bool:
-    """Whether ``run_dir`` holds a checkpoint of this very run: same arm, seed and
-    settings (thread count included, as ``train`` compares them when it resumes)."""
-    from prefrl.checkpoint import CHECKPOINT_FILE
+    """Whether ``run_dir`` holds a checkpoint of this very run, one that ``train``
+    resumes (same arm, seed and settings, thread count included)."""
+    from prefrl.training import RunPaths, would_resume
 
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        return False
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (config.get("arm") == spec.arm and config.get("seed") == spec.seed
-            and config.get("preset") == json.loads(json.dumps(preset.to_dict())))
+    return would_resume(preset, arm=spec.arm, seed=spec.seed, paths=RunPaths(run_dir, run_dir / "clips"))
 
 
 def prepare_run_dir(out: Path, spec: RunSpec, preset: Preset | None = None) -> bool:

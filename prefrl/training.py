@@ -308,30 +308,31 @@ class RewardFitter:
     def running(self) -> bool:
         return self._thread is not None
 
-    def start(self, epochs: int) -> None:
-        """Fit ``epochs`` epochs now (inline) or in a thread."""
+    def start(self, epochs: int, max_pairs: int = 0) -> None:
+        """Fit ``epochs`` epochs (at most ``max_pairs`` pairs per member, 0 = no cap)
+        now (inline) or in a thread."""
         if self._thread is not None or self._unwaited:
             raise RuntimeError("RewardFitter.start: the previous fit was not waited for")
         recent = list(self.buffer.segments)[-NORMALIZATION_SEGMENTS:]
         self.fits += 1
         self._result = self._error = None
         if not self.background:
-            self._fit(epochs, recent, set_threads=False)
+            self._fit(epochs, max_pairs, recent, set_threads=False)
             return
         if self.mode == "lagged":
             self.reward_model.freeze_predictions()
         self._unwaited = True
         self._thread = threading.Thread(
-            target=self._fit, args=(epochs, recent, True), name="prefrl-reward-fit", daemon=True
+            target=self._fit, args=(epochs, max_pairs, recent, True), name="prefrl-reward-fit", daemon=True
         )
         self._thread.start()
 
-    def _fit(self, epochs: int, recent: list[Segment], set_threads: bool) -> None:
+    def _fit(self, epochs: int, max_pairs: int, recent: list[Segment], set_threads: bool) -> None:
         start = time.perf_counter()
         try:
             if set_threads:
                 torch.set_num_threads(self.threads)  # per thread: PPO's own count is untouched
-            self._result = fit_reward_model(self.reward_model, recent, epochs)
+            self._result = fit_reward_model(self.reward_model, recent, epochs, max_pairs)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread by wait()
             self._error = exc
         finally:
@@ -468,7 +469,7 @@ class PreferenceCallback(BaseCallback):
         self.ask_due(step)
         new = self.collect(step)
         if new:
-            self.fitter.start(self.preset.reward.epochs_per_update)
+            self.fitter.start(self.preset.reward.epochs_per_update, self.preset.reward.max_pairs_per_update)
             if not self.fitter.background:
                 self.finish_fit()
         for key, value in self.last_stats.items():
@@ -573,14 +574,16 @@ class PreferenceCallback(BaseCallback):
 
 
 def fit_reward_model(
-    reward_model: RewardModel, segments: SegmentBuffer | Sequence[Segment], epochs: int
+    reward_model: RewardModel, segments: SegmentBuffer | Sequence[Segment], epochs: int, max_pairs: int = 0
 ) -> dict[str, float]:
     """Train the ensemble, renormalise it on recent segments, and measure how well its
     segment returns follow the true ones (for the log only; never used for training).
 
     :param segments: the segment buffer, or the recent segments themselves (a snapshot)
+    :param max_pairs: cap on the pairs per member of this fit (0 = none, see
+        :meth:`RewardModel.train`)
     """
-    stats = dict(reward_model.train(epochs))
+    stats = dict(reward_model.train(epochs, max_pairs))
     if isinstance(segments, SegmentBuffer):
         segments = list(segments.segments)
     recent = list(segments)[-NORMALIZATION_SEGMENTS:]
@@ -698,6 +701,9 @@ class ProgressCallback(BaseCallback):
 _TEACHER_RESOURCES = ("store", "settings")
 #: Settings that may differ when a run is resumed: they cannot change its result.
 RESUME_IGNORED_SETTINGS = ("task.description",)
+#: Settings added after runs had checkpoints, with the value that behaves as the
+#: earlier prefrl did: a run started before a setting existed resumes as if it were set so.
+SETTINGS_ADDED_LATER: dict[str, Any] = {"reward.max_pairs_per_update": 0}
 #: ``version -> function(run_dir, config) -> config`` upgrading a run directory of that
 #: layout version to the next (none yet: version 1 is the first with checkpoints).
 RUN_DIR_MIGRATIONS: dict[int, Any] = {}
@@ -990,10 +996,26 @@ def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     # The same JSON round trip config.json went through (tuples become lists, inf stays).
     preset = json.loads(json.dumps(config.get("preset") or {}))
     flat.update({k: v for k, v in flatten(preset).items() if k not in RESUME_IGNORED_SETTINGS})
+    if preset:
+        for key, value in SETTINGS_ADDED_LATER.items():
+            flat.setdefault(key, value)
     return flat
 
 
 def open_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) -> tuple[dict[str, Any] | None, list[str]]:
+    """Decide what to do with a run directory (:func:`check_run_dir`) and read the
+    checkpoint of a run to resume.
+
+    :return: ``(checkpoint or None, differing settings accepted by force)``
+    :raises PrefrlError: the directory cannot be used for this run
+    """
+    differences = check_run_dir(run_dir, config, force)
+    if differences is None:
+        return None, []
+    return read_checkpoint(run_dir), differences
+
+
+def check_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) -> list[str] | None:
     """Decide what to do with a run directory: start, resume, or refuse.
 
     - missing or empty: a new run;
@@ -1009,11 +1031,12 @@ def open_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) -> 
     :param run_dir: the run directory
     :param config: the new run's ``config.json`` content
     :param force: resume even though settings differ
-    :return: ``(checkpoint or None, differing settings accepted by force)``
+    :return: None for a new run, else the differing settings accepted by force (``[]``:
+        the same run)
     :raises PrefrlError: the directory cannot be used for this run
     """
     if not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        return None, []
+        return None
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise PrefrlError(f"run directory '{run_dir}' already holds a run or other files (no config.json); "
@@ -1037,7 +1060,21 @@ def open_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) -> 
     if differences and not force:
         raise PrefrlError(f"{run_dir} was started with different settings: {', '.join(differences)}; "
                           "resume with the same settings, or pass --force")
-    return read_checkpoint(run_dir), differences
+    return differences
+
+
+def would_resume(preset: Preset, *, arm: str, seed: int, paths: RunPaths, teacher_kind: str = "synthetic",
+                 labels_from: Path | None = None, relabel: str = "rollout", fit: str | None = None) -> bool:
+    """Whether :func:`train` with these arguments (and no ``force``) would continue the
+    run in ``paths.run_dir`` from its checkpoint: the one rule sweeps and benchmarks use
+    to keep a killed run's folder rather than start it over."""
+    if not checkpoint_path(paths.run_dir).is_file() or (paths.run_dir / "summary.json").is_file():
+        return False
+    config = _run_config(preset, arm, seed, paths, teacher_kind, labels_from, relabel, fit or preset.reward.fit_mode)
+    try:
+        return check_run_dir(paths.run_dir, config) == []
+    except PrefrlError:
+        return False
 
 
 # --------------------------------------------------------------------------- the run

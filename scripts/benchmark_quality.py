@@ -262,17 +262,20 @@ def save_records(out: Path, records: Path) -> None:
 
 def prepare(plan: Sequence[RunSpec], records: Path | None = None) -> tuple[list[RunSpec], list[RunSpec]]:
     """Split the plan into finished runs (reused, also those kept in ``records``) and
-    runs to do. An interrupted run with a checkpoint resumes from it (``train`` ends it
-    exactly as an uninterrupted run); other unfinished folders are removed so that
-    their runs start clean."""
-    from prefrl.checkpoint import CHECKPOINT_FILE
+    runs to do. An interrupted run with a checkpoint of the same settings resumes from it
+    (``train`` ends it exactly as an uninterrupted run); other unfinished folders are
+    removed so that their runs start clean."""
+    from prefrl.training import RunPaths, would_resume
 
     done, todo = [], []
     for spec in plan:
         if is_finished(spec, records):
             done.append(spec)
         else:
-            if spec.run_dir.exists() and not (spec.run_dir / CHECKPOINT_FILE).is_file():
+            if spec.run_dir.exists() and not would_resume(
+                load_preset(spec.task, list(spec.overrides)), arm=spec.arm, seed=spec.seed,
+                paths=RunPaths(spec.run_dir, spec.run_dir / "clips"),
+            ):
                 shutil.rmtree(spec.run_dir)
             todo.append(spec)
     return done, todo

@@ -51,7 +51,7 @@ import torch
 from prefrl.envs import make_env
 from prefrl.labels import Choice, Preference
 from prefrl.presets import Preset, load_preset
-from prefrl.reward import RewardModel
+from prefrl.reward import MAX_INBAG_EVAL_PAIRS, RewardModel
 from prefrl.segments import ClipPair, Segment
 from prefrl.training import RunPaths, train
 
@@ -63,12 +63,11 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
         # beside PPO over a whole interval inside the window.
         "steps": 20480,
         "repeats": 2,
-        # Pretraining is not timed but would take hours on a CPU (200 epochs of the CNN
-        # on 500 labels): the window starts from the initial labels untrained.
-        # The preset's refit (10 epochs of all 25 frames) takes many minutes per update
-        # on a CPU (see the projection in the report); the window refits 1 epoch on 8
-        # frames per clip, a workload that fits beside PPO.
-        "learned": ["labels.pretrain_epochs=0", "reward.epochs_per_update=1", "reward.frames_per_clip=8"],
+        # Pretraining happens before PPO's learn (not timed) and would take most of an
+        # hour on a CPU (200 epochs of the CNN on 500 labels): the window starts from the
+        # initial labels untrained. Every refit is the preset's own (8 frames per clip,
+        # at most reward.max_pairs_per_update pairs).
+        "learned": ["labels.pretrain_epochs=0"],
     },
     # Short runs, more of them: HalfCheetah's ratio is close to 1 and machine load is noisy.
     "halfcheetah": {"steps": 10240, "repeats": 4, "learned": []},
@@ -152,6 +151,19 @@ def _random_prefs(rng: np.random.Generator, n: int, length: int, obs_space, act_
 
     return [Preference(ClipPair(segment(), segment()), Choice.LEFT if rng.random() < 0.5 else Choice.RIGHT)
             for _ in range(n)]
+
+
+def refit_workload(preset: Preset, kept: int) -> tuple[float, int]:
+    """Pairs trained per member and frames evaluated in one refit of ``kept`` labels
+    (the same rules as ``RewardModel.train``)."""
+    r = preset.reward
+    n_val = round(kept * r.validation_fraction)
+    n_train = kept - n_val
+    pairs = float(r.epochs_per_update * n_train)
+    if r.max_pairs_per_update > 0:
+        pairs = min(pairs, math.ceil(r.max_pairs_per_update / r.batch_size) * r.batch_size)
+    in_bag = min(n_train, max(min(n_val, MAX_INBAG_EVAL_PAIRS), r.batch_size))
+    return pairs, (n_val + in_bag) * 2 * preset.task.clip_length
 
 
 def reward_costs(preset: Preset, threads: int, quick: bool) -> dict[str, float]:
@@ -438,13 +450,16 @@ def main() -> None:
 
     emit("## The preset's own refit workload against PPO's time between refits")
     emit()
-    emit("Pairs per refit = `epochs_per_update` x training labels (1 - 1/e of the kept labels); "
-         "seconds at the measured training rate (preset's frames per clip), plus the renormalisation; PPO's seconds "
-         "between refits = `update_every_steps` / plain PPO steps/s. A background refit is free while it "
-         "takes less than PPO's time between refits and a core is free for it.")
+    emit("Pairs per refit = `epochs_per_update` x training labels (1 - 1/e of the kept labels), at most "
+         "`max_pairs_per_update` (rounded up to whole minibatches); seconds at the measured training rate "
+         "(preset's frames per clip), plus the evaluation on held-out and in-bag pairs (all frames, at the "
+         "measured batched inference rate) and the renormalisation; PPO's seconds between refits = "
+         "`update_every_steps` / plain PPO steps/s. A background refit is free while it takes less than "
+         "PPO's time between refits and a core is free for it.")
     emit()
-    emit("| task | when | labels kept | pairs per refit | refit s | PPO s between refits | fits beside PPO |")
-    emit("| --- | --- | --- | --- | --- | --- | --- |")
+    emit("| task | when | labels kept | pairs per refit | train s | evaluate s | refit s | PPO s between refits "
+         "| fits beside PPO |")
+    emit("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for task, runs in results.items():
         preset = load_preset(task)
         true_rate = float(np.mean([r["rate"] for r in runs if r["arm"] == "true"]))
@@ -452,13 +467,16 @@ def main() -> None:
         kept_end = preset.labels.budget if preset.reward.label_buffer_size <= 0 else min(
             preset.labels.budget, preset.reward.label_buffer_size)
         for when, kept in (("start", preset.labels.initial_labels), ("end", kept_end)):
-            pairs = preset.reward.epochs_per_update * kept * (1 - 1 / math.e)
-            seconds = pairs / costs[task]["pairs_per_s"] + costs[task]["renormalize_s"]
-            emit(f"| {task} | {when} of run | {kept:,} | {pairs:,.0f} | {fmt(seconds)} | {fmt(interval)} | "
+            pairs, eval_frames = refit_workload(preset, kept)
+            train_s = pairs / costs[task]["pairs_per_s"]
+            eval_s = eval_frames * costs[task]["predict_rollout_ms"] / 1000 / preset.ppo.n_envs
+            seconds = train_s + eval_s + costs[task]["renormalize_s"]
+            emit(f"| {task} | {when} of run | {kept:,} | {pairs:,.0f} | {fmt(train_s)} | {fmt(eval_s)} | "
+                 f"{fmt(seconds)} | {fmt(interval)} | "
                  f"{'yes' if seconds < interval else f'no ({seconds / interval:.1f}x)'} |")
     emit()
-    emit("The training rate is measured with the task's own reward settings (Pong: all 25 frames "
-         "per clip unless `--set` changes the preset); the window above may use a lighter workload "
+    emit("The training rate is measured with the task's own reward settings (Pong: 8 of 25 frames "
+         "per clip unless `--set` changes the preset); the window above refits with the same settings "
          "(its overrides are listed).")
     emit()
 

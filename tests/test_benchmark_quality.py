@@ -84,6 +84,31 @@ def test_resume_reuses_finished_and_removes_unfinished(bq, tmp_path):
     assert not unfinished.run_dir.exists()  # starts clean, so train() accepts the folder
 
 
+def test_resume_keeps_a_checkpoint_of_the_same_settings_only(bq, tmp_path):
+    """The rule of train() itself (prefrl.training.would_resume): a killed run's folder
+    is kept when train would continue it, removed when its settings differ."""
+    from prefrl.checkpoint import CHECKPOINT_FILE
+    from prefrl.training import RunPaths, _run_config
+
+    plan = bq.build_plan(["pendulum"], [0], [20], tmp_path)
+
+    def killed_attempt(spec, overrides) -> None:
+        preset = load_preset(spec.task, list(overrides))
+        (spec.run_dir / CHECKPOINT_FILE).parent.mkdir(parents=True, exist_ok=True)
+        (spec.run_dir / CHECKPOINT_FILE).write_bytes(b"checkpoint")
+        config = _run_config(preset, spec.arm, spec.seed, RunPaths(spec.run_dir, spec.run_dir / "clips"),
+                             "synthetic", None, "rollout", preset.reward.fit_mode)
+        (spec.run_dir / "config.json").write_text(json.dumps(config))
+
+    same, other = plan
+    killed_attempt(same, same.overrides)
+    killed_attempt(other, [*other.overrides, "ppo.learning_rate=0.5"])
+    done, todo = bq.prepare(plan)
+    assert done == [] and todo == plan
+    assert (same.run_dir / CHECKPOINT_FILE).read_bytes() == b"checkpoint"  # train() resumes it
+    assert not other.run_dir.exists()  # train() would refuse it: started clean instead
+
+
 def test_random_policy_on_a_tiny_task(bq):
     preset = load_preset("pendulum")
     first = bq.measure_random_policy(preset, episodes=2, seed=7)

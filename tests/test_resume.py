@@ -240,6 +240,25 @@ def test_sigterm_checkpoints_and_changed_settings_are_refused(tmp_path, capsys):
     assert config["preset"]["eval"]["episodes"] == 2 and config["run_dir_schema"] == RUN_DIR_SCHEMA
 
 
+def test_a_run_started_before_a_setting_existed_resumes_with_its_old_behaviour(tmp_path):
+    """config.json of an earlier prefrl lacks reward.max_pairs_per_update: it resumes
+    when the new run leaves the setting at the old behaviour (0), and is refused when
+    the new run sets it."""
+    preset = load_preset("pendulum")
+    config = {"task": "pendulum", "arm": "learned", "seed": 0, "run_dir_schema": RUN_DIR_SCHEMA,
+              "preset": json.loads(json.dumps(preset.to_dict()))}
+    old = json.loads(json.dumps(config))
+    del old["preset"]["reward"]["max_pairs_per_update"]
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps(old))
+    assert training.open_run_dir(run_dir, config) == (None, [])
+    capped = json.loads(json.dumps(config))
+    capped["preset"]["reward"]["max_pairs_per_update"] = 768
+    with pytest.raises(PrefrlError, match=r"reward.max_pairs_per_update \(0 -> 768\)"):
+        training.open_run_dir(run_dir, capped)
+
+
 def test_a_run_directory_in_use_is_refused(tmp_path):
     """A second trainer (here: a second open of the lock, as flock locks are per open
     file) is refused while the first holds the directory."""

@@ -558,3 +558,43 @@ def test_cnn_checkpoint_refuses_other_observation_space(tmp_path):
     plain.load(path)
     obs = np.random.default_rng(0).integers(0, 256, size=(2, 4, 84, 84), dtype=np.uint8)
     np.testing.assert_allclose(plain.predict(obs), model.predict(obs), rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------- refit cap
+
+
+def test_max_pairs_caps_the_minibatches_of_a_refit():
+    """100 labels, 1/e held out: 63 training pairs, 2 minibatches of 32 per epoch. A cap
+    of 70 pairs is 3 minibatches (ceil(70 / 32)) instead of 5 epochs x 2."""
+    rng = np.random.default_rng(5)
+    model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
+    model.add_preferences(make_prefs(rng, 100))
+    assert model.n_train == 63
+    assert model.train(5)["steps"] == 10
+    assert model.train(5, max_pairs=70)["steps"] == 3
+    assert model.train(5, max_pairs=1)["steps"] == 1  # at least one minibatch
+    assert model.train(1, max_pairs=10_000)["steps"] == 2  # a cap above the epochs changes nothing
+
+
+def test_a_cap_above_the_work_gives_the_uncapped_weights():
+    """Determinism: an uncapped refit and one whose cap does not bind draw the same
+    minibatches (the MuJoCo presets' results do not move when the cap exists)."""
+    rng = np.random.default_rng(6)
+    prefs = make_prefs(rng, 50)
+    models = []
+    for cap in (0, 10**6):
+        model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=3)
+        model.add_preferences(prefs)
+        model.train(3, max_pairs=cap)
+        models.append(model)
+    assert state_equal(models[0].net.state_dict(), models[1].net.state_dict())
+
+
+def test_a_capped_refit_still_learns():
+    rng = np.random.default_rng(7)
+    model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
+    model.add_preferences(make_prefs(rng, 300))
+    for _ in range(15):
+        metrics = model.train(10, max_pairs=96)  # 3 minibatches per refit, ~half an epoch
+        assert metrics["steps"] == 3
+    assert metrics["val_accuracy"] > 0.85

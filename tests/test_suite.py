@@ -210,10 +210,13 @@ def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path
     run_dir = sweep.out / spec.name
 
     def killed_attempt(preset) -> None:
+        from prefrl.training import RunPaths, _run_config
+
         (run_dir / CHECKPOINT_FILE).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_FILE).write_bytes(b"checkpoint")
-        (run_dir / "config.json").write_text(json.dumps({"arm": spec.arm, "seed": spec.seed,
-                                                         "preset": preset.to_dict()}))
+        config = _run_config(preset, spec.arm, spec.seed, RunPaths(run_dir, run_dir / "clips"), "synthetic", None,
+                             "rollout", preset.reward.fit_mode)
+        (run_dir / "config.json").write_text(json.dumps(config))
 
     killed_attempt(spec.preset)
     assert prepare_run_dir(sweep.out, spec) is True

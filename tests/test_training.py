@@ -110,3 +110,13 @@ def test_refuses_to_overwrite_a_run(runs):
     preset = load_preset("pendulum", list(TINY))
     with pytest.raises(PrefrlError, match="already holds a run"):
         train(preset, arm="true", paths=RunPaths(runs["true"], runs["true"] / "clips"), progress=False)
+
+
+def test_refits_respect_max_pairs_per_update_and_pretraining_does_not(tmp_path):
+    """reward.max_pairs_per_update=1: each refit during RL is one minibatch; the
+    pretraining on the initial labels (3 epochs) is not capped."""
+    run_dir = _run(tmp_path, "learned", "capped", extra=("reward.max_pairs_per_update=1",))
+    with open(run_dir / "logs" / "progress.csv") as fh:
+        steps = [float(row["reward/steps"]) for row in csv.DictReader(fh) if row.get("reward/steps")]
+    assert steps[0] > 1  # the pretraining's statistics, logged at the first rollout
+    assert steps[-1] == 1 and 1 in steps
