@@ -143,6 +143,10 @@ class RunSpec:
                    steps=int(d["steps"]), overrides=tuple(d["overrides"]), run_dir=Path(d["run_dir"]))
 
 
+#: The two arms of a comparison: PPO on the true reward, PPO on the learned reward.
+ARMS = ("true", "learned")
+
+
 def default_steps(task: str, preset: Preset) -> int:
     if preset.task.domain == "atari":
         return ATARI_DEFAULT_STEPS
@@ -962,6 +966,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--records", type=Path, default=Path("docs/results/runs"),
                    help="small files of every finished run (summary, eval curve, config), kept in the repo; "
                         "the page is built from them and finished runs found there are not run again")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                   help="arms to run (default both); e.g. --arms true first shows on which Atari games the "
+                        "true arm clearly beats random before the learned arms are paid for")
     p.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="preset override passed to every run (repeatable)")
@@ -1009,6 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lift_overrides(args)
         plan = build_plan(args.tasks, args.seeds, args.labels, args.out, steps=args.steps,
                           atari_budgets=args.atari_labels, user_overrides=args.overrides)
+        plan = [spec for spec in plan if spec.arm in args.arms]
         if args.dry_run:
             for spec in plan:
                 print(f"{spec.label:<44} {spec.steps:>10,} steps  {'done' if is_finished(spec, args.records) else 'to do'}  {spec.run_dir}")

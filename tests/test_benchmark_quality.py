@@ -71,6 +71,18 @@ def test_atari_budget_scaled_from_the_paper(bq, tmp_path):
     assert plan[0].steps == bq.ATARI_DEFAULT_STEPS == 250_000
 
 
+def test_arms_option_plans_one_arm(bq, tmp_path, capsys):
+    args = ["pong", "breakout", "--seeds", "0", "1", "--arms", "true", "--dry-run", "--out", str(tmp_path),
+            "--records", str(tmp_path / "records")]
+    assert bq.main(args) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == ["pong/true/seed0", "pong/true/seed1",
+                                                   "breakout/true/seed0", "breakout/true/seed1"]
+    with pytest.raises(SystemExit):
+        bq.main(["pong", "--arms", "both", "--dry-run"])
+    assert "invalid choice: 'both'" in capsys.readouterr().err
+
+
 def test_resume_reuses_finished_and_removes_unfinished(bq, tmp_path):
     plan = bq.build_plan(["pendulum"], [0], [20], tmp_path)
     finished, unfinished = plan
