@@ -120,3 +120,24 @@ def test_refits_respect_max_pairs_per_update_and_pretraining_does_not(tmp_path):
         steps = [float(row["reward/steps"]) for row in csv.DictReader(fh) if row.get("reward/steps")]
     assert steps[0] > 1  # the pretraining's statistics, logged at the first rollout
     assert steps[-1] == 1 and 1 in steps
+
+
+def test_atari_learned_arm_end_to_end(tmp_path):
+    """Pong through the whole Atari path: AleVectorEnv, the paper's CNN ensemble on 8 of
+    25 frames, lagged refits beside PPO capped at one minibatch, uncapped pretraining."""
+    tiny = ["ppo.total_steps=1024", "ppo.n_envs=2", "ppo.n_steps=128", "ppo.batch_size=64", "ppo.n_epochs=1",
+            "labels.budget=12", "labels.initial_labels=6", "labels.pretrain_epochs=3",
+            "labels.update_every_steps=256", "labels.segment_buffer_size=40", "labels.rate_constant=500",
+            "eval.every_steps=1024", "eval.episodes=1", "eval.max_episode_steps=100",
+            "reward.batch_size=4", "reward.max_pairs_per_update=4"]
+    preset = load_preset("pong", tiny)
+    assert (preset.ppo.vec_env, preset.reward.architecture, preset.reward.fit_mode) == ("ale", "atari_cnn", "lagged")
+    assert preset.reward.frames_per_clip == 8
+    run_dir = tmp_path / "pong"
+    summary = train(preset, arm="learned", seed=0, paths=RunPaths(run_dir, run_dir / "clips"), progress=False)
+    assert summary["labels_used"] == 12 and summary["reward_fitting"]["fits"] >= 2
+    with open(run_dir / "logs" / "progress.csv") as fh:
+        steps = [float(row["reward/steps"]) for row in csv.DictReader(fh) if row.get("reward/steps")]
+    assert steps[0] == 3  # pretraining: 3 epochs of the 4 training labels, one minibatch each
+    assert steps[-1] == 1  # a refit of 8 training labels x 10 epochs, capped at 4 pairs
+    assert (run_dir / "reward_model.pt").is_file()
