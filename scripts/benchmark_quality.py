@@ -882,7 +882,10 @@ def write_results(out: Path, results: Path) -> Path:
         "uniform-random policy measured by the script on the evaluation env. 25% of each label budget is "
         "collected from the random policy before RL starts. Atari label budget: the paper's 3,300 labels "
         f"for 50M frames scaled by frames, max({ATARI_LABEL_FLOOR}, round(3300 × frames / 50M)) "
-        f"({ATARI_LABEL_FLOOR} at 1M frames). An Atari game counts only where the true arm *clearly beats "
+        f"({ATARI_LABEL_FLOOR} at 1M frames). Atari reward training is the presets' CPU workload, not the "
+        "paper's: the loss sees 8 random frames of each 25-step clip and a refit trains on at most "
+        "`reward.max_pairs_per_update` pairs per member (each run's `config.json` holds its settings). "
+        "An Atari game counts only where the true arm *clearly beats "
         f"random*: true mean − random mean > {CLEAR_MARGIN:g} × pooled std, pooled std = "
         "√((std over seeds² + std over random episodes²) / 2).\n",
         "**Wall time** is per run, with the mean 1-minute load average of the machine while the arm's runs ran "

@@ -450,8 +450,8 @@ def test_nan_from_the_reward_model_stops_the_run_with_one_line(
     """
     fit = RewardModel.train
 
-    def diverging_fit(self: RewardModel, epochs: int | None = None) -> dict[str, float]:
-        stats = fit(self, epochs)
+    def diverging_fit(self: RewardModel, epochs: int | None = None, max_pairs: int = 0) -> dict[str, float]:
+        stats = fit(self, epochs, max_pairs)
         with torch.no_grad():
             for parameter in self.net.parameters():
                 parameter.fill_(math.nan)
