@@ -96,6 +96,9 @@ ATARI_DEFAULT_STEPS = 250_000
 PAPER_ATARI_LABELS = 3_300
 PAPER_ATARI_FRAMES = 50_000_000
 ATARI_LABEL_FLOOR = 500
+#: Evaluations per Atari run: the presets evaluate every 200k steps (2% of their 10M),
+#: which would give a 1M-frame run two points; an evaluation game can last 27,000 steps.
+ATARI_EVALUATIONS = 5
 INITIAL_LABEL_FRACTION = 0.25
 
 #: Targets of issue 4.
@@ -200,6 +203,8 @@ def build_plan(
         folder = out / name / setting_name(n_steps, user_overrides)
         for seed in seeds:
             common = [f"ppo.total_steps={n_steps}"]
+            if base.task.domain == "atari":
+                common.append(f"eval.every_steps={max(1, n_steps // ATARI_EVALUATIONS)}")
             plan.append(RunSpec(name, "true", seed, 0, n_steps, tuple(common + list(user_overrides)),
                                 folder / "true" / f"seed{seed}"))
             for budget in task_budgets:

@@ -69,6 +69,10 @@ def test_atari_budget_scaled_from_the_paper(bq, tmp_path):
     plan = bq.build_plan(["pong"], [0], [700, 350], tmp_path)
     assert [s.label for s in plan] == ["pong/true/seed0", "pong/learned-500/seed0"]
     assert plan[0].steps == bq.ATARI_DEFAULT_STEPS == 250_000
+    # Five evaluations per run (the preset's every 200k steps would give two points).
+    assert all("eval.every_steps=50000" in s.overrides for s in plan)
+    assert all(not any(o.startswith("eval.") for o in s.overrides)
+               for s in bq.build_plan(["pendulum"], [0], [20], tmp_path / "p"))
 
 
 def test_arms_option_plans_one_arm(bq, tmp_path, capsys):
