@@ -42,9 +42,10 @@ LEAKY_SLOPE = 0.01
 L2_STEP = 1.5
 #: Side of the square Atari observation the paper's CNN expects.
 ATARI_SIDE = 84
-#: At most this many in-bag pairs per member are scored for the training loss after
-#: each ``train`` call (enough for the L2 ratio; bounds the cost on Atari).
-MAX_INBAG_EVAL_PAIRS = 512
+#: At most this many in-bag pairs per member, and this many held-out pairs, are scored
+#: after each ``train`` call (enough for the L2 ratio; bounds the cost on Atari, where
+#: scoring a pair runs the CNN on all 50 frames of its clips).
+MAX_EVAL_PAIRS = 512
 #: Checkpoint format tag, bumped when the layout changes.
 CHECKPOINT_FORMAT = "prefrl-reward-1"
 #: The fix named when a checkpoint does not fit the model it is loaded into.
@@ -964,14 +965,15 @@ class RewardModel:
 
         The training loss uses each member's own bootstrap sample (in-bag labels; a
         subsample as large as the validation set, at least one minibatch, at most
-        ``MAX_INBAG_EVAL_PAIRS``), so that ``val_loss / train_loss`` measures each
-        member's overfitting.
+        ``MAX_EVAL_PAIRS``), so that ``val_loss / train_loss`` measures each
+        member's overfitting. More held-out labels than ``MAX_EVAL_PAIRS`` are scored on
+        a random subset of that size.
         """
         s = self.settings
         train_loss = val_loss = val_accuracy = math.nan
         with _mode(self.net, False):
             if boot.shape[1] > 0:
-                size = min(boot.shape[1], max(min(len(val_idx), MAX_INBAG_EVAL_PAIRS), s.batch_size))
+                size = min(boot.shape[1], max(min(len(val_idx), MAX_EVAL_PAIRS), s.batch_size))
                 cols = self._rng.choice(boot.shape[1], size=size, replace=False)
                 idx = boot[:, cols]
                 total = 0.0
@@ -981,6 +983,8 @@ class RewardModel:
                     loss = preference_loss(left, right, data.targets[torch.as_tensor(chunk)], s.random_answer_prob)
                     total += float(loss) * chunk.shape[1]
                 train_loss = total / size
+            if len(val_idx) > MAX_EVAL_PAIRS:  # a random subset estimates the held-out loss
+                val_idx = np.sort(self._rng.choice(val_idx, size=MAX_EVAL_PAIRS, replace=False))
             if len(val_idx) > 0:
                 segments = [data.labels[i].left for i in val_idx] + [data.labels[i].right for i in val_idx]
                 returns = self._segment_raw_returns(segments)

@@ -51,7 +51,7 @@ import torch
 from prefrl.envs import make_env
 from prefrl.labels import Choice, Preference
 from prefrl.presets import Preset, load_preset
-from prefrl.reward import MAX_INBAG_EVAL_PAIRS, RewardModel
+from prefrl.reward import MAX_EVAL_PAIRS, RewardModel
 from prefrl.segments import ClipPair, Segment
 from prefrl.training import RunPaths, train
 
@@ -162,8 +162,9 @@ def refit_workload(preset: Preset, kept: int) -> tuple[float, int]:
     pairs = float(r.epochs_per_update * n_train)
     if r.max_pairs_per_update > 0:
         pairs = min(pairs, math.ceil(r.max_pairs_per_update / r.batch_size) * r.batch_size)
-    in_bag = min(n_train, max(min(n_val, MAX_INBAG_EVAL_PAIRS), r.batch_size))
-    return pairs, (n_val + in_bag) * 2 * preset.task.clip_length
+    held_out = min(n_val, MAX_EVAL_PAIRS)
+    in_bag = min(n_train, max(held_out, r.batch_size))
+    return pairs, (held_out + in_bag) * 2 * preset.task.clip_length
 
 
 def reward_costs(preset: Preset, threads: int, quick: bool) -> dict[str, float]:

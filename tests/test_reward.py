@@ -598,3 +598,20 @@ def test_a_capped_refit_still_learns():
         metrics = model.train(10, max_pairs=96)  # 3 minibatches per refit, ~half an epoch
         assert metrics["steps"] == 3
     assert metrics["val_accuracy"] > 0.85
+
+
+def test_held_out_labels_beyond_the_cap_are_scored_on_a_random_subset(monkeypatch):
+    import prefrl.reward as reward_module
+
+    monkeypatch.setattr(reward_module, "MAX_EVAL_PAIRS", 8)
+    rng = np.random.default_rng(8)
+    model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
+    model.add_preferences(make_prefs(rng, 60))
+    scored = []
+    segment_returns = model._segment_raw_returns
+    monkeypatch.setattr(model, "_segment_raw_returns", lambda segments: scored.append(len(segments))
+                        or segment_returns(segments))
+    metrics = model.train(2)
+    assert metrics["n_val"] == model.n_val == 22  # every held-out label is kept ...
+    assert scored == [16]  # ... and 8 of them (16 clips) are scored
+    assert math.isfinite(metrics["val_loss"]) and 0 <= metrics["val_accuracy"] <= 1
