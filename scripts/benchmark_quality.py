@@ -222,6 +222,8 @@ def build_plan(
 #: Small files of a finished run copied into the records folder (committed with the page).
 RECORD_RUN_FILES = ("summary.json", "eval.csv", "config.json")
 RECORD_SETTING_FILES = ("setting.json", "random.json")
+#: Hand-written analysis beside the records folder, copied into the page as it is.
+FINDINGS_FILE = "findings.md"
 
 
 def record_dir(run_dir: Path, records: Path) -> Path:
@@ -920,6 +922,10 @@ def write_results(out: Path, results: Path) -> Path:
     parts += sections or ["No run has finished yet.\n"]
     parts.append("## Limits of these numbers\n")
     parts += limits(settings) + [""]
+    findings = out.parent / FINDINGS_FILE
+    if findings.is_file():  # analysis of the numbers, kept beside the records and written by hand
+        parts.append(f"## Findings (written by hand, `{findings}`)\n")
+        parts.append(findings.read_text().strip() + "\n")
     parts.append("## Not yet run\n")
     parts.append(f"Default plan ({len(DEFAULT_SEEDS)} seeds, true arm + learned arms, default steps) "
                  "not yet complete for: "
@@ -929,7 +935,8 @@ def write_results(out: Path, results: Path) -> Path:
         parts += [f"- `{d}`" for d in pending]
         parts.append("")
     parts.append("## Commands\n")
-    parts.append("Run from the repository root with the README's environment (`.venv`), one job at a time:\n")
+    parts.append("Run from the repository root with the README's environment (`.venv`); `--jobs N` ran N runs "
+                 "at once on the machine's cores (wall times above are per run):\n")
     if commands:
         dates: dict[str, list[str]] = defaultdict(list)  # a resumed plan repeats its command
         for c in commands:

@@ -180,6 +180,10 @@ def test_results_page_from_finished_runs_only(bq, tmp_path):
     assert (tmp_path / "docs" / "results" / "halfcheetah-300000steps.png").is_file()
     assert "](results/halfcheetah-300000steps.png)" in page
     assert "cores (" in page and "python x" in page
+    assert "## Findings" not in page
+    (tmp_path / "findings.md").write_text("Reacher's reward model memorises clips.\n")
+    page = bq.write_results(out, tmp_path / "docs" / "results.md").read_text()
+    assert "## Findings (written by hand" in page and "Reacher's reward model memorises clips." in page
 
 
 def test_records_survive_the_run_folders(bq, tmp_path):
