@@ -706,7 +706,7 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
     for s in settings:
         if not s.overrides:  # a verdict is about the presets as shipped; variants have their own section
             by_task[s.task].append(s)
-    for task in MUJOCO_TARGET_TASKS:
+    for task in MUJOCO_TARGET_TASKS + MUJOCO_REPORT_TASKS:
         for budget in (MUJOCO_TARGET_LABELS, MUJOCO_TARGET_LABELS // 2):
             what = "target" if budget == MUJOCO_TARGET_LABELS else "also reported"
             found = False
@@ -721,8 +721,15 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
                 ratio = _ratio(lm, tm)
                 seeds = min(len(t), len(learned))
                 note = _protocol_note(seeds, s.steps, MUJOCO_TARGET_MIN_STEPS)
-                verdict = "n/a" if ratio is None else ("**MET**" if ratio >= MUJOCO_TARGET_RATIO else "**NOT MET**")
+                # Negative true returns (Reacher): "learned as good as true" is a normalised
+                # score of at least the ratio's target instead.
+                score = ratio
+                if ratio is None and s.random is not None:
+                    score = _normalised(lm, tm, float(s.random["mean"]))
+                verdict = "n/a" if score is None else ("**MET**" if score >= MUJOCO_TARGET_RATIO else "**NOT MET**")
                 rtxt = "n/a" if ratio is None else f"{ratio:.2f}"
+                if ratio is None and score is not None:
+                    rtxt = f"n/a (true ≤ 0); normalised {score:.2f}"
                 mujoco.append(f"| {task} | {budget} ({what}) | {s.steps:,} | {seeds} | {rtxt} "
                               f"| ≥ {MUJOCO_TARGET_RATIO:.1f} | {verdict}{note} |")
             if not found:

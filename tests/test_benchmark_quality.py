@@ -186,6 +186,21 @@ def test_results_page_from_finished_runs_only(bq, tmp_path):
     assert "## Findings (written by hand" in page and "Reacher's reward model memorises clips." in page
 
 
+def test_negative_true_returns_are_judged_by_the_normalised_score(bq, tmp_path):
+    out = tmp_path / "runs"
+    plan = bq.build_plan(["reacher"], [0], [700], out, steps=300_000)
+    bq.write_setting_files(plan, [])
+    for spec in plan:
+        _fake_run(spec.run_dir, spec.task, spec.arm, spec.seed, spec.budget,
+                  -5.0 if spec.arm == "true" else -20.0, spec.steps)
+    (out / "reacher" / "300000steps" / "random.json").write_text(json.dumps({"episodes": 3, "mean": -42.0,
+                                                                               "std": 1.0}))
+    page = bq.write_results(out, tmp_path / "docs" / "results.md").read_text()
+    # (-20 + 42) / (-5 + 42) = 0.59
+    assert ("| reacher | 700 (target) | 300,000 | 1 | n/a (true ≤ 0); normalised 0.59 | ≥ 1.0 | **NOT MET** "
+            "(provisional: 1 of 3 seeds) |") in page
+
+
 def test_records_survive_the_run_folders(bq, tmp_path):
     """A fresh clone has the records but not the runs: the page keeps the numbers and
     the plan does not run them again."""
