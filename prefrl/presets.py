@@ -486,7 +486,8 @@ def validate(preset: Preset, source: str = "preset") -> None:
         "task.noop_max": t.noop_max,
         "labels.initial_labels": lab.initial_labels, "labels.pretrain_epochs": lab.pretrain_epochs,
         "reward.label_buffer_size": r.label_buffer_size, "reward.frames_per_clip": r.frames_per_clip,
-        "reward.max_pairs_per_update": r.max_pairs_per_update, "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,
+        "reward.max_pairs_per_update": r.max_pairs_per_update,
+        "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,
         "ppo.torch_threads": p.torch_threads, "ppo.vf_coef": p.vf_coef,
         "teacher.equal_threshold": te.equal_threshold,
     }

@@ -57,6 +57,24 @@ _OTHER_TASK = "the checkpoint is of another task or observation settings: give t
 # --------------------------------------------------------------------------------------
 
 
+def refit_minibatches(n_train: int, epochs: int, batch_size: int, max_pairs: int = 0) -> int:
+    """Minibatches of one ``RewardModel.train`` call: whole epochs over ``n_train``
+    labels, or, with ``max_pairs > 0``, at most as many as cover that many pairs (at
+    least one)."""
+    budget = epochs * math.ceil(n_train / batch_size)
+    if max_pairs > 0:
+        budget = min(budget, max(1, math.ceil(max_pairs / batch_size)))
+    return budget
+
+
+def evaluation_sizes(n_inbag: int, n_val: int, batch_size: int) -> tuple[int, int]:
+    """``(in-bag, held-out)`` pairs scored after a ``train`` call: as many held-out
+    pairs as there are, at most ``MAX_EVAL_PAIRS``; in-bag as many as that, at least one
+    minibatch, at most the bootstrap sample."""
+    held_out = min(n_val, MAX_EVAL_PAIRS)
+    return min(n_inbag, max(held_out, batch_size)), held_out
+
+
 def preference_probability(
     returns_left: Tensor, returns_right: Tensor, random_answer_prob: float = 0.1
 ) -> Tensor:
@@ -912,11 +930,7 @@ class RewardModel:
         if n_train > 0 and epochs > 0:
             boot = train_idx[self._rng.integers(0, n_train, size=(m, n_train))]
             fit_start = time.perf_counter()
-            # Minibatches in all: whole epochs, or as many as the cap allows.
-            per_epoch = math.ceil(n_train / s.batch_size)
-            budget = epochs * per_epoch
-            if max_pairs > 0:
-                budget = min(budget, max(1, math.ceil(max_pairs / s.batch_size)))
+            budget = refit_minibatches(n_train, epochs, s.batch_size, max_pairs)
             while steps < budget:
                 order = self._rng.permuted(boot, axis=1)
                 losses = []
@@ -971,9 +985,9 @@ class RewardModel:
         """
         s = self.settings
         train_loss = val_loss = val_accuracy = math.nan
+        size, held_out = evaluation_sizes(boot.shape[1], len(val_idx), s.batch_size)
         with _mode(self.net, False):
             if boot.shape[1] > 0:
-                size = min(boot.shape[1], max(min(len(val_idx), MAX_EVAL_PAIRS), s.batch_size))
                 cols = self._rng.choice(boot.shape[1], size=size, replace=False)
                 idx = boot[:, cols]
                 total = 0.0
@@ -983,8 +997,8 @@ class RewardModel:
                     loss = preference_loss(left, right, data.targets[torch.as_tensor(chunk)], s.random_answer_prob)
                     total += float(loss) * chunk.shape[1]
                 train_loss = total / size
-            if len(val_idx) > MAX_EVAL_PAIRS:  # a random subset estimates the held-out loss
-                val_idx = np.sort(self._rng.choice(val_idx, size=MAX_EVAL_PAIRS, replace=False))
+            if held_out < len(val_idx):  # a random subset estimates the held-out loss
+                val_idx = np.sort(self._rng.choice(val_idx, size=held_out, replace=False))
             if len(val_idx) > 0:
                 segments = [data.labels[i].left for i in val_idx] + [data.labels[i].right for i in val_idx]
                 returns = self._segment_raw_returns(segments)

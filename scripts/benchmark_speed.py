@@ -51,7 +51,7 @@ import torch
 from prefrl.envs import make_env
 from prefrl.labels import Choice, Preference
 from prefrl.presets import Preset, load_preset
-from prefrl.reward import MAX_EVAL_PAIRS, RewardModel
+from prefrl.reward import RewardModel, evaluation_sizes, refit_minibatches
 from prefrl.segments import ClipPair, Segment
 from prefrl.training import RunPaths, train
 
@@ -159,11 +159,9 @@ def refit_workload(preset: Preset, kept: int) -> tuple[float, int]:
     r = preset.reward
     n_val = round(kept * r.validation_fraction)
     n_train = kept - n_val
-    pairs = float(r.epochs_per_update * n_train)
-    if r.max_pairs_per_update > 0:
-        pairs = min(pairs, math.ceil(r.max_pairs_per_update / r.batch_size) * r.batch_size)
-    held_out = min(n_val, MAX_EVAL_PAIRS)
-    in_bag = min(n_train, max(held_out, r.batch_size))
+    steps = refit_minibatches(n_train, r.epochs_per_update, r.batch_size, r.max_pairs_per_update)
+    pairs = float(min(steps * r.batch_size, r.epochs_per_update * n_train))
+    in_bag, held_out = evaluation_sizes(n_train, n_val, r.batch_size)
     return pairs, (held_out + in_bag) * 2 * preset.task.clip_length
 
 
