@@ -837,7 +837,8 @@ def limits(settings: Sequence[Setting]) -> list[str]:
             notes.append(f"- {s.task}: {len(seeds)} seed(s) only; the spread over seeds is not measured "
                          "and a verdict is provisional.")
         ev = load_preset(s.task, s.overrides).eval
-        notes.append(f"- {s.task}: each final return is one evaluation of {ev.episodes} deterministic "
+        how = "deterministic" if ev.deterministic else "sampled-action"
+        notes.append(f"- {s.task}: each final return is one evaluation of {ev.episodes} {how} "
                      "episodes; a seed's final number can differ from its curve's trend.")
     notes.append("- Synthetic labels from a perfectly rational teacher (an upper bound on label quality); "
                  "a person or a B-Pref irrational teacher gives noisier labels.")
@@ -890,8 +891,9 @@ def write_results(out: Path, results: Path) -> Path:
         "**Protocol** (`../shared/design.md`, issue 4): both arms run the same PPO, preprocessing, seeds and "
         "number of env steps; the learned arm never sees the true reward and gets its labels from the "
         "perfectly rational synthetic teacher. The *final true return* of a run is its last evaluation: "
-        "the mean true return of the preset's `eval.episodes` deterministic episodes under the task's real "
-        "termination rules. *learned / true* is the ratio of the means over seeds (undefined when the true "
+        "the mean true return of the preset's `eval.episodes` episodes under the task's real "
+        "termination rules (MuJoCo: the policy's most likely action; Atari: actions sampled from the policy, "
+        "since a young policy's most likely action can stall a game that waits for FIRE). *learned / true* is the ratio of the means over seeds (undefined when the true "
         "mean is ≤ 0, e.g. Reacher). *normalised* is (learned − random) / (true − random), random being a "
         "uniform-random policy measured by the script on the evaluation env. 25% of each label budget is "
         "collected from the random policy before RL starts. Atari label budget: the paper's 3,300 labels "
