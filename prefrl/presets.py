@@ -150,7 +150,8 @@ class RewardSettings:
     :param label_buffer_size: train on the newest this many labels (0 = all)
     :param batch_norm: CNN only: batch normalisation after each conv
     :param dropout: CNN only: dropout probability
-    :param frames_per_clip: frames of each clip used by the loss per minibatch (0 = all)
+    :param frames_per_clip: frames of each clip used by the loss per minibatch (random) and
+        by query selection's scores (evenly spaced); 0 = all
     :param fit_mode: ``background``: refit in a thread beside PPO, the next rewards wait
         for it (exactly the rewards of ``inline``, where the agent waits at once);
         ``lagged``: the agent's rewards come from the previous weights until the next

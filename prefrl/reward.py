@@ -137,6 +137,13 @@ def preference_loss(
     return -(targets * log_left + (1.0 - targets) * log_right).mean()
 
 
+def _evenly_spaced(length: int, k: int) -> np.ndarray | None:
+    """``k`` evenly spaced step indices of a ``length``-step clip (None: all steps)."""
+    if k <= 0 or k >= length:
+        return None
+    return np.round(np.linspace(0, length - 1, k)).astype(np.int64)
+
+
 def adapt_l2(l2: float, train_loss: float, val_loss: float, low: float, high: float, step: float = L2_STEP) -> float:
     """Move the L2 strength so that ``val_loss / train_loss`` returns to ``[low, high]``.
 
@@ -1152,20 +1159,31 @@ class RewardModel:
             normalised = (sums - steps[None, :] * self.norm_mean[:, None]) / self.norm_std[:, None]
         return (normalised * self.settings.output_std).numpy().astype(np.float32)
 
-    def _segment_raw_returns(self, segments: Sequence[Segment]) -> Tensor:
-        """``(M, K)`` raw returns; segments are concatenated and run in chunks."""
+    def _segment_raw_returns(self, segments: Sequence[Segment], frames_per_clip: int = 0) -> Tensor:
+        """``(M, K)`` raw returns; segments are concatenated and run in chunks.
+
+        :param frames_per_clip: score only this many evenly spaced frames of each longer
+            segment, their sum scaled by ``T / k`` (an estimate of the return); 0 = all
+        """
         m = self.n_members
         result = torch.empty(m, len(segments))
         lengths = np.array([len(seg) for seg in segments], dtype=np.int64)
+        picks = [_evenly_spaced(n, frames_per_clip) for n in lengths]
+        used = np.array([n if pick is None else len(pick) for n, pick in zip(lengths, picks)], dtype=np.int64)
+        scale = torch.as_tensor(lengths / used, dtype=torch.float32)
         # Chunks of whole segments, about inference_batch frames each (at least one segment).
-        per_chunk = max(1, self.inference_batch // int(lengths.max()))
+        per_chunk = max(1, self.inference_batch // int(used.max()))
         for start in range(0, len(segments), per_chunk):
-            chunk = segments[start : start + per_chunk]
-            obs = np.concatenate([seg.observations for seg in chunk])
-            act = np.concatenate([seg.actions for seg in chunk]) if self.net.uses_actions else None
+            stop = start + per_chunk
+            chunk = list(zip(segments[start:stop], picks[start:stop]))
+            obs = np.concatenate([seg.observations if pick is None else seg.observations[pick] for seg, pick in chunk])
+            act = None
+            if self.net.uses_actions:
+                act = np.concatenate([seg.actions if pick is None else seg.actions[pick] for seg, pick in chunk])
             raw = self._raw_rewards(obs, act)
-            owner = torch.as_tensor(np.repeat(np.arange(len(chunk)), lengths[start : start + per_chunk]))
-            result[:, start : start + len(chunk)] = torch.zeros(m, len(chunk)).index_add_(1, owner, raw)
+            owner = torch.as_tensor(np.repeat(np.arange(len(chunk)), used[start:stop]))
+            sums = torch.zeros(m, len(chunk)).index_add_(1, owner, raw)
+            result[:, start : start + len(chunk)] = sums * scale[start:stop]
         return result
 
     def segment_returns(self, segments: Sequence[Segment]) -> np.ndarray:
@@ -1188,14 +1206,18 @@ class RewardModel:
 
         Uses the raw (trained) returns and the same model as the loss, including the
         random-answer share. For query selection: disagreement is the variance over
-        members, uncertainty the entropy of the mean.
+        members, uncertainty the entropy of the mean. With ``frames_per_clip`` set, the
+        returns are estimated from that many evenly spaced frames of each clip.
 
         :param pairs: ``N`` clip pairs
         :return: ``(M, N)`` float32
         """
         if not pairs:
             return np.zeros((self.n_members, 0), dtype=np.float32)
-        returns = self._segment_raw_returns([p.left for p in pairs] + [p.right for p in pairs])
+        # The loss's frame budget serves here too: scoring hundreds of candidate Atari
+        # clips on all frames stalled the agent for seconds at every update point.
+        returns = self._segment_raw_returns([p.left for p in pairs] + [p.right for p in pairs],
+                                            self.settings.frames_per_clip)
         n = len(pairs)
         prob = preference_probability(returns[:, :n], returns[:, n:], self.settings.random_answer_prob)
         return prob.numpy().astype(np.float32)

@@ -615,3 +615,30 @@ def test_held_out_labels_beyond_the_cap_are_scored_on_a_random_subset(monkeypatc
     assert metrics["n_val"] == model.n_val == 22  # every held-out label is kept ...
     assert scored == [16]  # ... and 8 of them (16 clips) are scored
     assert math.isfinite(metrics["val_loss"]) and 0 <= metrics["val_accuracy"] <= 1
+
+
+def test_query_scores_use_evenly_spaced_frames_when_the_loss_subsamples():
+    rng = np.random.default_rng(11)
+    prefs = make_prefs(rng, 30, length=10)
+    pairs = [p.pair for p in prefs[:6]]
+    full = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
+    full.add_preferences(prefs)
+    full.train(2)
+    sub = RewardModel(OBS_SPACE, ACT_SPACE, dataclasses.replace(SMALL, frames_per_clip=4), seed=0)
+    sub.net.load_state_dict(full.net.state_dict())
+    steps = np.array([0, 3, 6, 9])  # 4 evenly spaced steps of 10
+
+    def estimate(segment: Segment) -> np.ndarray:
+        raw = sub._raw_rewards(segment.observations[steps], segment.actions[steps]).numpy()
+        return raw.sum(axis=1) * 10 / 4
+
+    left = np.stack([estimate(p.left) for p in pairs], axis=1)
+    right = np.stack([estimate(p.right) for p in pairs], axis=1)
+    expected = preference_probability(torch.as_tensor(left), torch.as_tensor(right), SMALL.random_answer_prob)
+    np.testing.assert_allclose(sub.preference_probabilities(pairs), expected.numpy(), rtol=1e-5, atol=1e-6)
+    # Without a frame budget every step counts, and the two models then agree.
+    all_frames = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
+    all_frames.net.load_state_dict(full.net.state_dict())
+    np.testing.assert_allclose(all_frames.preference_probabilities(pairs), full.preference_probabilities(pairs),
+                               rtol=1e-6)
+    assert not np.allclose(sub.preference_probabilities(pairs), full.preference_probabilities(pairs))
