@@ -20,20 +20,23 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
+from prefrl.envs import make_env
 from prefrl.errors import PrefrlError
+from prefrl.presets import Preset
 from prefrl.reward import RewardModel
+from prefrl.video import load_run_preset
 
 
-def start_states(env_id: str, n: int, seed: int) -> tuple[gym.Env, np.ndarray]:
-    """``n`` observations from the env's own reset distribution."""
-    env = gym.make(env_id)
+def start_states(preset: Preset, n: int, seed: int) -> tuple[gym.Env, np.ndarray]:
+    """``n`` observations from the reset distribution of the task's training env (its
+    wrapper chain: the observations the reward model saw)."""
+    env = make_env(preset)
     rng = np.random.default_rng(seed)
     return env, np.array([env.reset(seed=int(rng.integers(2**31)))[0] for _ in range(n)], dtype=np.float32)
 
@@ -66,16 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
+        _, preset = load_run_preset(args.run_dir)
+        env_id = preset.task.env_id
         checkpoint = args.run_dir / "reward_model.pt"
-        config_file = args.run_dir / "config.json"
-        if not checkpoint.is_file() or not config_file.is_file():
-            raise PrefrlError(f"{args.run_dir}: no reward_model.pt and config.json there; give a learned-arm run folder")
-        config = json.loads(config_file.read_text())
-        env_id = config["preset"]["task"]["env_id"]
+        if not checkpoint.is_file():
+            raise PrefrlError(f"{args.run_dir}: no reward_model.pt there; give a learned-arm run folder")
         model = RewardModel.from_checkpoint(checkpoint)
         if len(model.observation_shape) != 1:
             raise PrefrlError(f"{args.run_dir}: image observations; this probe takes vector-observation tasks")
-        env, states = start_states(env_id, args.states, args.seed)
+        env, states = start_states(preset, args.states, args.seed)
         if not isinstance(env.action_space, gym.spaces.Box):
             raise PrefrlError(f"{env_id}: discrete actions; this probe sets continuous action values")
     except PrefrlError as exc:

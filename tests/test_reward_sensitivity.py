@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from prefrl.presets import RewardSettings
+from prefrl.presets import RewardSettings, load_preset
 from prefrl.reward import RewardModel
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reward_sensitivity.py"
@@ -35,10 +35,13 @@ def test_prints_a_saved_model_and_refuses_a_folder_without_one(tmp_path, capsys)
     env = gym.make("Pendulum-v1")
     RewardModel(env.observation_space, env.action_space, RewardSettings(hidden_sizes=(8,)), seed=0).save(
         tmp_path / "reward_model.pt")
-    (tmp_path / "config.json").write_text(json.dumps({"preset": {"task": {"env_id": "Pendulum-v1"}}}))
+    (tmp_path / "config.json").write_text(json.dumps({"preset": load_preset("pendulum").to_dict()}))
     assert probe.main([str(tmp_path), "--states", "5", "--values", "0", "1"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Pendulum-v1, 5 start states") and len(out) == 3 + 1 + 3
     assert probe.main([str(tmp_path / "missing")]) == 2
+    (tmp_path / "reward_model.pt").unlink()
+    assert probe.main([str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("reward_sensitivity: error: ") and "no reward_model.pt" in err[0]
+    assert len(err) == 2 and all(line.startswith("reward_sensitivity: error: ") for line in err)
+    assert "is not a run directory (no config.json)" in err[0] and "no reward_model.pt" in err[1]
