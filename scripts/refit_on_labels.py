@@ -1,0 +1,129 @@
+"""Refit a run's reward model offline on the answers the run collected, in their order.
+
+Reads the labelled pairs of a run's label store (``<run>/clips``), builds the reward
+model of the run's preset (changed by ``--set reward.key=value``), fits it on the first
+``--first`` answers (default: the run's ``labels.initial_labels``) for
+``--pretrain-epochs`` epochs, then adds ``--step`` answers per refit of ``--epochs``
+epochs (at most ``reward.max_pairs_per_update`` pairs per member, as in a run) and prints
+after every fit what a run logs: in-bag and held-out loss, held-out accuracy (non-tie
+answers), the L2 strength. No PPO and no env steps: it tells whether a reward setting
+can learn these answers at all, which a run mixes up with what its agent does.
+
+Usage::
+
+    python scripts/refit_on_labels.py runs/<run>                               # the run's settings
+    python scripts/refit_on_labels.py runs/<run> --set reward.dropout=0.0 --pretrain-epochs 10 --refits 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+from prefrl.envs import make_env
+from prefrl.errors import PrefrlError
+from prefrl.labels import Choice, LabelStore, Preference
+from prefrl.presets import apply_overrides
+from prefrl.reward import RewardModel
+from prefrl.video import load_run_preset
+
+COLUMNS = ("fit", "labels", "non_tie", "train_loss", "val_loss", "val_accuracy", "l2", "seconds")
+
+
+def stored_preferences(clips_dir: Path, task: str) -> list[Preference]:
+    """Every answer of a label store, oldest first ("can't tell" dropped, as in training)."""
+    store = LabelStore(clips_dir, task, readonly=True)
+    try:
+        return [
+            Preference(pair=store.load_pair(pair_id), choice=choice, labeller=labeller)
+            for _, pair_id, choice, labeller, _ in store.labels_after(0)
+            if choice is not Choice.CANT_TELL
+        ]
+    finally:
+        store.close()
+
+
+def replay(model: RewardModel, prefs: list[Preference], first: int, step: int, refits: int,
+           pretrain_epochs: int, epochs: int, max_pairs: int) -> Iterator[dict[str, float]]:
+    """Fit on ``prefs[:first]``, then ``refits`` times add ``step`` more and refit
+    (fewer if the answers run out).
+
+    :return: one row of :data:`COLUMNS` per fit, as it ends
+    """
+    used = 0
+    for fit in range(refits + 1):
+        new = prefs[used : first if fit == 0 else used + step]
+        if fit > 0 and not new:
+            break
+        model.add_preferences(new)
+        used += len(new)
+        stats = model.train(pretrain_epochs if fit == 0 else epochs, 0 if fit == 0 else max_pairs)
+        non_tie = sum(p.choice is not Choice.TIE for p in prefs[:used])
+        yield {"fit": fit, "labels": used, "non_tie": non_tie,
+               **{k: stats[k] for k in ("train_loss", "val_loss", "val_accuracy", "l2", "seconds")}}
+
+
+def _cell(value: float) -> str:
+    if isinstance(value, int) or float(value).is_integer():
+        return f"{int(value)}"
+    return "nan" if math.isnan(value) else f"{value:.4g}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("run_dir", type=Path, help="a folder written by `prefrl train` (learned arm)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="reward.KEY=VALUE",
+                   help="change a reward setting (repeatable)")
+    p.add_argument("--first", type=int, default=None, help="answers of the first fit (default: labels.initial_labels)")
+    p.add_argument("--step", type=int, default=10, help="answers added per refit")
+    p.add_argument("--refits", type=int, default=20, help="refits after the first fit")
+    p.add_argument("--pretrain-epochs", type=int, default=None, help="epochs of the first fit (default: labels.pretrain_epochs)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs per refit (default: reward.epochs_per_update)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        bad = [item for item in args.overrides if not item.strip().startswith("reward.")]
+        if bad:
+            raise PrefrlError(f"--set {bad[0]!r}: only reward.* settings change a refit; drop it")
+        _, preset = load_run_preset(args.run_dir)
+        preset = apply_overrides(preset, args.overrides)
+        clips_dir = args.run_dir / "clips"
+        if not (clips_dir / "labels.sqlite").is_file():
+            raise PrefrlError(f"{args.run_dir}: no clips/labels.sqlite; give a learned-arm run folder")
+        prefs = stored_preferences(clips_dir, preset.task.name)
+        if not prefs:
+            raise PrefrlError(f"{clips_dir}: no answered pairs to fit on")
+        for name, value in (("--first", args.first), ("--step", args.step), ("--refits", args.refits)):
+            if value is not None and value < (1 if name != "--refits" else 0):
+                raise PrefrlError(f"{name} {value} is too small; give at least {1 if name != '--refits' else 0}")
+    except PrefrlError as exc:
+        print(f"refit_on_labels: error: {exc}", file=sys.stderr)
+        return 2
+    torch.set_num_threads(max(1, args.threads))
+    env = make_env(preset)
+    model = RewardModel(env.observation_space, env.action_space, preset.reward, seed=args.seed)
+    env.close()
+    first = args.first if args.first is not None else max(1, preset.labels.initial_labels)
+    pretrain = args.pretrain_epochs if args.pretrain_epochs is not None else max(1, preset.labels.pretrain_epochs)
+    epochs = args.epochs if args.epochs is not None else preset.reward.epochs_per_update
+    print(f"{preset.task.name}: {len(prefs)} answers in {clips_dir}; first fit {first} answers x {pretrain} epochs, "
+          f"then +{args.step} per refit x {epochs} epochs (<= {preset.reward.max_pairs_per_update or 'all'} pairs)")
+    print(f"reward settings: {', '.join(args.overrides) or 'the run preset'}")
+    print(" ".join(f"{c:>12}" for c in COLUMNS), flush=True)
+    start = time.perf_counter()
+    for row in replay(model, prefs, first, args.step, args.refits, pretrain, epochs,
+                      preset.reward.max_pairs_per_update):
+        print(" ".join(f"{_cell(row[c]):>12}" for c in COLUMNS), flush=True)
+    print(f"{time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""scripts/refit_on_labels.py: refit a run's reward model on the answers it collected."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+from clip_fixtures import vector_segment
+from prefrl.labels import Choice, LabelStore
+from prefrl.presets import load_preset
+from prefrl.segments import ClipPair
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "refit_on_labels.py"
+spec = importlib.util.spec_from_file_location("refit_on_labels", SCRIPT)
+refit = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(refit)
+
+
+def make_run(run_dir: Path, n_pairs: int) -> None:
+    """A CartPole run folder whose answers prefer the clip with the larger first observation."""
+    preset = load_preset("cartpole", ["reward.hidden_sizes=[8]"])
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text(json.dumps({"preset": preset.to_dict()}))
+    rng = np.random.default_rng(0)
+    with LabelStore(run_dir / "clips", preset.task.name) as store:
+        pairs = [ClipPair(vector_segment(f"s{2 * k}", rng, obs_dim=4), vector_segment(f"s{2 * k + 1}", rng, obs_dim=4),
+                          pair_id=f"q{k}") for k in range(n_pairs)]
+        store.add_pairs(pairs)
+        for k, pair in enumerate(pairs):
+            if k == 3:
+                choice = Choice.CANT_TELL
+            elif k == 4:
+                choice = Choice.TIE
+            else:
+                left, right = pair.left.observations[:, 0].sum(), pair.right.observations[:, 0].sum()
+                choice = Choice.LEFT if left > right else Choice.RIGHT
+            store.record_label(pair.pair_id, choice, "test")
+
+
+def test_replays_the_answers_in_order_and_prints_a_row_per_fit(tmp_path, capsys):
+    make_run(tmp_path / "run", 25)
+    prefs = refit.stored_preferences(tmp_path / "run" / "clips", "cartpole")
+    assert len(prefs) == 24 and [p.pair.pair_id for p in prefs[:4]] == ["q0", "q1", "q2", "q4"]
+
+    args = ["--first", "10", "--step", "5", "--refits", "5", "--pretrain-epochs", "3", "--epochs", "2"]
+    assert refit.main([str(tmp_path / "run"), *args, "--set", "reward.dropout=0.0"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("cartpole: 24 answers in ") and lines[1] == "reward settings: reward.dropout=0.0"
+    rows = [line.split() for line in lines[3:-1]]
+    # 10 answers, then +5, +5 and the last 4: the answers run out before 5 refits.
+    assert [(r[0], r[1], r[2]) for r in rows] == [("0", "10", "9"), ("1", "15", "14"), ("2", "20", "19"), ("3", "24", "23")]
+    assert all(0.0 < float(r[3]) < 2.0 and 0.0 <= float(r[5]) <= 1.0 for r in rows)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    assert refit.main([str(tmp_path / "missing")]) == 2
+    make_run(tmp_path / "run", 3)
+    assert refit.main([str(tmp_path / "run"), "--set", "ppo.n_envs=2"]) == 2
+    assert refit.main([str(tmp_path / "run"), "--step", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and all(line.startswith("refit_on_labels: error: ") for line in err)
+    assert "not a run directory" in err[0] and "only reward.* settings" in err[1] and "--step 0 is too small" in err[2]
