@@ -137,9 +137,15 @@ def preference_loss(
     return -(targets * log_left + (1.0 - targets) * log_right).mean()
 
 
+def _uses_frame_subset(k: int, length: int) -> bool:
+    """``reward.frames_per_clip = k`` picks a subset of a ``length``-step clip; 0 or at
+    least the clip's length means all its frames."""
+    return 0 < k < length
+
+
 def _evenly_spaced(length: int, k: int) -> np.ndarray | None:
     """``k`` evenly spaced step indices of a ``length``-step clip (None: all steps)."""
-    if k <= 0 or k >= length:
+    if not _uses_frame_subset(k, length):
         return None
     return np.round(np.linspace(0, length - 1, k)).astype(np.int64)
 
@@ -885,7 +891,7 @@ class RewardModel:
 
     def _draw_frames(self, shape: tuple[int, int], clip_length: int) -> np.ndarray | None:
         k = self.settings.frames_per_clip
-        if k <= 0 or k >= clip_length:
+        if not _uses_frame_subset(k, clip_length):
             return None
         # k distinct steps per pair (shared by its two clips), independent across pairs.
         return np.argsort(self._rng.random((*shape, clip_length)), axis=-1)[..., :k]
@@ -1142,15 +1148,8 @@ class RewardModel:
         if not segments:
             raise PrefrlError("normalize_on_segments needs at least one segment")
         lengths = np.array([len(seg) for seg in segments], dtype=np.int64)
-        per_chunk = max(1, self.inference_batch // int(lengths.max()))
         with self._lock:
-            raws = []
-            for start in range(0, len(segments), per_chunk):
-                chunk = segments[start : start + per_chunk]
-                obs = np.concatenate([seg.observations for seg in chunk])
-                act = np.concatenate([seg.actions for seg in chunk]) if self.net.uses_actions else None
-                raws.append(self._raw_rewards(obs, act))
-            raw = torch.cat(raws, dim=1)
+            raw = torch.cat([chunk for _, _, chunk in self._raw_in_chunks(segments, [None] * len(segments))], dim=1)
             self.norm_mean = raw.mean(1)
             self.norm_std = raw.std(1, unbiased=False).clamp_min(1e-8)
             owner = torch.as_tensor(np.repeat(np.arange(len(segments)), lengths))
@@ -1171,20 +1170,27 @@ class RewardModel:
         picks = [_evenly_spaced(n, frames_per_clip) for n in lengths]
         used = np.array([n if pick is None else len(pick) for n, pick in zip(lengths, picks)], dtype=np.int64)
         scale = torch.as_tensor(lengths / used, dtype=torch.float32)
-        # Chunks of whole segments, about inference_batch frames each (at least one segment).
-        per_chunk = max(1, self.inference_batch // int(used.max()))
+        for start, stop, raw in self._raw_in_chunks(segments, picks):
+            owner = torch.as_tensor(np.repeat(np.arange(stop - start), used[start:stop]))
+            sums = torch.zeros(m, stop - start).index_add_(1, owner, raw)
+            result[:, start:stop] = sums * scale[start:stop]
+        return result
+
+    def _raw_in_chunks(self, segments: Sequence[Segment], picks: Sequence[np.ndarray | None]
+                       ) -> Iterator[tuple[int, int, Tensor]]:
+        """Raw per-step rewards ``(M, steps)`` of the picked steps (None: all) of whole
+        segments, about ``inference_batch`` steps per network call (at least one segment):
+        ``(start, stop, rewards)`` of ``segments[start:stop]``."""
+        used = [len(seg) if pick is None else len(pick) for seg, pick in zip(segments, picks)]
+        per_chunk = max(1, self.inference_batch // max(used))
         for start in range(0, len(segments), per_chunk):
-            stop = start + per_chunk
+            stop = min(start + per_chunk, len(segments))
             chunk = list(zip(segments[start:stop], picks[start:stop]))
             obs = np.concatenate([seg.observations if pick is None else seg.observations[pick] for seg, pick in chunk])
             act = None
             if self.net.uses_actions:
                 act = np.concatenate([seg.actions if pick is None else seg.actions[pick] for seg, pick in chunk])
-            raw = self._raw_rewards(obs, act)
-            owner = torch.as_tensor(np.repeat(np.arange(len(chunk)), used[start:stop]))
-            sums = torch.zeros(m, len(chunk)).index_add_(1, owner, raw)
-            result[:, start : start + len(chunk)] = sums * scale[start:stop]
-        return result
+            yield start, stop, self._raw_rewards(obs, act)
 
     def segment_returns(self, segments: Sequence[Segment]) -> np.ndarray:
         """Normalised predicted return of each segment for every member.
