@@ -845,6 +845,21 @@ def limits(settings: Sequence[Setting]) -> list[str]:
     return notes
 
 
+def evaluation_modes(settings: Sequence[Setting]) -> str:
+    """How each domain's presets act in evaluation (``eval.deterministic``), e.g.
+    "MuJoCo: the policy's most likely action; Atari: actions sampled from the policy"
+    (the presets' comments say why)."""
+    modes: dict[str, set[bool]] = defaultdict(set)
+    for s in settings:
+        if s.runs:
+            modes[s.domain].add(load_preset(s.task, s.overrides).eval.deterministic)
+    words = {True: "the policy's most likely action", False: "actions sampled from the policy"}
+    names = {"atari": "Atari", "mujoco": "MuJoCo"}
+    parts = [f"{names.get(domain, domain)}: " + " or ".join(words[m] for m in sorted(found, reverse=True))
+             for domain, found in sorted(modes.items())]
+    return "; ".join(parts) or "no runs"
+
+
 def write_results(out: Path, results: Path) -> Path:
     """Rebuild the results page from every finished run under ``out``."""
     from prefrl.report import compare
@@ -892,8 +907,7 @@ def write_results(out: Path, results: Path) -> Path:
         "number of env steps; the learned arm never sees the true reward and gets its labels from the "
         "perfectly rational synthetic teacher. The *final true return* of a run is its last evaluation: "
         "the mean true return of the preset's `eval.episodes` episodes under the task's real "
-        "termination rules (MuJoCo: the policy's most likely action; Atari: actions sampled from the policy, "
-        "since a young policy's most likely action can stall a game that waits for FIRE). "
+        f"termination rules ({evaluation_modes(settings)}; each task's in the limits below). "
         "*learned / true* is the ratio of the means over seeds (undefined when the true "
         "mean is ≤ 0, e.g. Reacher). *normalised* is (learned − random) / (true − random), random being a "
         "uniform-random policy measured by the script on the evaluation env. 25% of each label budget is "
@@ -901,7 +915,8 @@ def write_results(out: Path, results: Path) -> Path:
         f"for 50M frames scaled by frames, max({ATARI_LABEL_FLOOR}, round(3300 × frames / 50M)) "
         f"({ATARI_LABEL_FLOOR} at 1M frames). Atari reward training is the presets' CPU workload, not the "
         "paper's: the loss sees 8 random frames of each 25-step clip and a refit trains on at most "
-        "`reward.max_pairs_per_update` pairs per member (each run's `config.json` holds its settings). "
+        "`reward.max_pairs_per_update` pairs per member, and the CNN has no dropout (the paper's 0.5 kept it "
+        "from learning at these budgets; findings) (each run's `config.json` holds its settings). "
         "An Atari game counts only where the true arm *clearly beats "
         f"random*: true mean − random mean > {CLEAR_MARGIN:g} × pooled std, pooled std = "
         "√((std over seeds² + std over random episodes²) / 2).\n",

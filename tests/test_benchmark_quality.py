@@ -224,3 +224,14 @@ def test_records_survive_the_run_folders(bq, tmp_path):
     assert (len(done), len(todo)) == (2, 0)
     page = bq.write_results(records, tmp_path / "results.md").read_text()
     assert "| halfcheetah | 700 (target) | 300,000 | 1 | 0.90 |" in page
+
+
+def test_protocol_states_each_domains_evaluation_mode_from_the_presets(bq):
+    def setting(task, domain, overrides=(), runs=(object(),)):
+        return bq.Setting(Path(task), task, 1000, list(overrides), domain, 4, False, list(runs), None)
+
+    assert bq.evaluation_modes([setting("hopper", "mujoco"), setting("breakout", "atari")]) == (
+        "Atari: actions sampled from the policy; MuJoCo: the policy's most likely action")
+    both = [setting("breakout", "atari"), setting("pong", "atari", ["eval.deterministic=true"])]
+    assert bq.evaluation_modes(both) == "Atari: the policy's most likely action or actions sampled from the policy"
+    assert bq.evaluation_modes([setting("hopper", "mujoco", runs=())]) == "no runs"
