@@ -2,7 +2,7 @@
 
 :func:`make_ale_vec_env` gives, step for step, what ``training.make_vec_env`` gives for an
 Atari preset with the SB3 wrapper chain of ``envs._make_atari`` (``NoopResetEnv``,
-``MaxAndSkipEnv``, ``FireOnReset``, ``RecordFrame``, ``ScoreMask``, grayscale, resize, frame
+``MaxAndSkipEnv``, ``FireOnReset``, ``FireAfterLifeLoss``, ``RecordFrame``, ``ScoreMask``, grayscale, resize, frame
 stack, ``ContinuePastTermination``, ``TerminationPenalty``, ``FixedHorizon`` or
 ``TimeLimit``, then ``Monitor`` and ``ClipReward``) in a ``DummyVecEnv``, but faster:
 
@@ -27,7 +27,7 @@ checkpoint could not hold the emulators. Driving each env's own
   grayscale formula, ``cv2.INTER_AREA`` resize, ``FrameStackObservation``'s reset padding),
   ``MaxAndSkipEnv``'s max over the last two frames of each skip (and its stale buffer when
   a game ends inside a skip), no-op starts (the count drawn from the env's ``np_random``
-  exactly as ``NoopResetEnv`` does), FIRE after every reset, sticky actions (ALE's own
+  exactly as ``NoopResetEnv`` does), FIRE after every reset and after a lost life, sticky actions (ALE's own
   random stream, seeded like ``AtariEnv``), seeding (env ``i`` gets ``seed + i`` through
   ``AtariEnv.reset(seed=...)``), game over and ALE's frame cap restart in place with
   ``info["after_termination"]`` as ``ContinuePastTermination`` gives it, the termination
@@ -70,6 +70,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvO
 
 from prefrl.envs import (
     ContinuePastTermination,
+    FireAfterLifeLoss,
     FireOnReset,
     FixedHorizon,
     RecordFrame,
@@ -163,6 +164,7 @@ class AleVectorEnv(VecEnv):
         self.skip = max(int(task.frame_skip), 1)
         self.noop_max = int(task.noop_max)
         self.fire_reset = bool(task.fire_reset)
+        self.fire_after_life_loss = bool(task.fire_after_life_loss)
         self.penalty = float(task.termination_penalty) if not evaluation else 0.0
         self.horizon = int(task.horizon)
         self.time_limit = int(preset.eval.max_episode_steps) if evaluation else 0
@@ -191,8 +193,9 @@ class AleVectorEnv(VecEnv):
         meanings = first.get_action_meanings()
         if self.noop_max > 0 and meanings[0] != "NOOP":
             raise PrefrlError(f"task.noop_max > 0 is invalid for {first}: its action 0 is not NOOP")
-        if self.fire_reset and (len(meanings) < 2 or meanings[1] != "FIRE"):
-            raise PrefrlError(f"task.fire_reset = true is invalid for {first}: its action 1 is not FIRE")
+        for flag, wanted in (("fire_reset", self.fire_reset), ("fire_after_life_loss", self.fire_after_life_loss)):
+            if wanted and (len(meanings) < 2 or meanings[1] != "FIRE"):
+                raise PrefrlError(f"task.{flag} = true is invalid for {first}: its action 1 is not FIRE")
         height, width = first.ale.getScreenDims()
         self.regions = [tuple(int(v) for v in region) for region in task.mask_regions]
         for top, bottom, left, right in self.regions:
@@ -210,6 +213,8 @@ class AleVectorEnv(VecEnv):
         self._pool = np.zeros((n_envs, 2, *self.screen_shape), np.uint8)
         self._stack = np.zeros((n_envs, *observation_space.shape), np.uint8)
         self._elapsed = np.zeros(n_envs, np.int64)  # FixedHorizon / TimeLimit step counters
+        self._lives = np.zeros(n_envs, np.int64)  # FireAfterLifeLoss
+        self._fire_next = np.zeros(n_envs, bool)
         self._episode_return = [0.0] * n_envs  # Monitor
         self._episode_length = [0] * n_envs
         self._t_start = time.time()
@@ -221,6 +226,7 @@ class AleVectorEnv(VecEnv):
         chain += [] if evaluation else [FixedHorizon, ContinuePastTermination]
         chain += [TerminationPenalty] if not evaluation and self.penalty else []
         chain += [RecordFrame] if record_frames else []
+        chain += [FireAfterLifeLoss] if self.fire_after_life_loss else []
         chain += [FireOnReset] if self.fire_reset else []
         chain += [MaxAndSkipEnv] if task.frame_skip > 1 else []
         chain += [NoopResetEnv] if self.noop_max > 0 else []
@@ -289,6 +295,7 @@ class AleVectorEnv(VecEnv):
             else:
                 frame = self._pooled(i) if self.skip > 1 else self._pool[i, 1].copy()
                 info = self._info(i)
+        self._lives[i], self._fire_next[i] = int(info.get("lives", 0)), False
         return frame, info
 
     def _mask(self, frames: np.ndarray) -> np.ndarray:
@@ -353,8 +360,13 @@ class AleVectorEnv(VecEnv):
         capped = np.zeros(n, bool)  # truncated by ALE's frame cap
         infos: list[dict[str, Any]] = []
         for i in range(n):
-            rewards[i], ended[i], capped[i] = self._skip_step(i, int(actions[i]))
+            action = 1 if self._fire_next[i] else int(actions[i])  # FireAfterLifeLoss
+            rewards[i], ended[i], capped[i] = self._skip_step(i, action)
             infos.append(self._info(i))
+            if self.fire_after_life_loss:
+                lives = int(infos[i]["lives"])
+                self._fire_next[i] = lives < self._lives[i] and not (ended[i] or capped[i])
+                self._lives[i] = lives
 
         # The new observation of every env, in one batch (restarted envs overwrite theirs).
         frames = np.maximum(self._pool[:, 0], self._pool[:, 1]) if self.skip > 1 else self._pool[:, 1].copy()
@@ -460,6 +472,8 @@ class AleVectorEnv(VecEnv):
             "pool": self._pool[i].copy(),
             "stack": self._stack[i].copy(),
             "elapsed": int(self._elapsed[i]),
+            "lives": int(self._lives[i]),
+            "fire_next": bool(self._fire_next[i]),
             "episode_return": self._episode_return[i],
             "episode_length": self._episode_length[i],
             "t_start": self._t_start,
@@ -480,6 +494,8 @@ class AleVectorEnv(VecEnv):
         self._pool[i] = state["pool"]
         self._stack[i] = state["stack"]
         self._elapsed[i] = state["elapsed"]
+        self._lives[i] = int(state.get("lives", self.ales[i].lives()))
+        self._fire_next[i] = bool(state.get("fire_next", False))
         self._episode_return[i] = float(state["episode_return"])
         self._episode_length[i] = int(state["episode_length"])
         self._t_start = float(state["t_start"])

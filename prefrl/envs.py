@@ -324,6 +324,42 @@ class FireOnReset(gym.Wrapper, RecordConstructorArgs):
         return obs, info
 
 
+class FireAfterLifeLoss(gym.Wrapper, RecordConstructorArgs):
+    """Make the agent's next action FIRE after a lost life, for games that wait for it
+    (Breakout launches the next ball only on FIRE).
+
+    Without it a policy can stop a Breakout game for good by never pressing FIRE, which
+    a learned reward that happens to prefer an idle screen teaches it. SB3's and
+    CleanRL's chains get the same through ``EpisodicLifeEnv`` + ``FireResetEnv``; here
+    no life-loss signal reaches the agent, only its one action is replaced.
+
+    :param env: an Atari env whose action 1 is FIRE and whose info has ``lives``
+    """
+
+    def __init__(self, env: gym.Env) -> None:
+        RecordConstructorArgs.__init__(self)
+        gym.Wrapper.__init__(self, env)
+        meanings = env.unwrapped.get_action_meanings()
+        if len(meanings) < 2 or meanings[1] != "FIRE":
+            raise PrefrlError(f"task.fire_after_life_loss = true is invalid for {env.unwrapped}: its action 1 is not FIRE")
+        self.lives = 0
+        self.fire_next = False
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetReturn:
+        obs, info = self.env.reset(seed=seed, options=options)
+        self.lives, self.fire_next = int(info.get("lives", 0)), False
+        return obs, info
+
+    def step(self, action: Any) -> StepReturn:
+        if self.fire_next:
+            action, self.fire_next = 1, False
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        lives = int(info.get("lives", 0))
+        self.fire_next = lives < self.lives and not (terminated or truncated)
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+
 def _make_atari(preset: Preset, evaluation: bool, render_mode: str | None, record_frames: bool) -> gym.Env:
     """CleanRL-style Atari chain, without EpisodicLife: no life-loss signal reaches the agent."""
     task, cap = preset.task, preset.eval.max_episode_steps
@@ -351,6 +387,8 @@ def _make_atari(preset: Preset, evaluation: bool, render_mode: str | None, recor
         env = MaxAndSkipEnv(env, skip=task.frame_skip)
     if task.fire_reset:
         env = FireOnReset(env)
+    if task.fire_after_life_loss:
+        env = FireAfterLifeLoss(env)
     if record_frames and task.show_unmasked_frames:
         env = RecordFrame(env)  # people see the score; the agent and reward model still don't
     env = ScoreMask(env, task.mask_regions)

@@ -60,6 +60,10 @@ class TaskSettings:
     :param screen_size: Atari: side of the square grayscale observation
     :param frame_stack: Atari: number of stacked frames
     :param fire_reset: Atari: press FIRE after reset for games that need it to start
+    :param fire_after_life_loss: Atari: the agent's next action after a lost life is FIRE,
+        for games that wait for it to go on (Breakout's next ball), so a policy cannot
+        stop the game by never pressing it; as SB3's and CleanRL's Atari chains do
+        (their life-loss reset presses FIRE)
     :param show_unmasked_frames: Atari: show people the frames with the score (the agent
         and the reward model still see it blacked out); by default people see what the
         agent sees, so labels cannot depend on what the agent cannot observe
@@ -85,6 +89,7 @@ class TaskSettings:
     screen_size: int = 84
     frame_stack: int = 4
     fire_reset: bool = False
+    fire_after_life_loss: bool = False
     show_unmasked_frames: bool = False
     for_tests: bool = False
     sticky_action_prob: float = 0.0

@@ -32,9 +32,11 @@ def _assert_same_info(ours: dict[str, Any], theirs: dict[str, Any], where: str) 
             assert type(got) is type(expected) and got == expected, f"{where}: info[{key!r}] {got!r} != {expected!r}"
 
 
-def _compare(preset, steps: int, *, n_envs: int = 2, seed: int = 3, **kwargs: Any) -> dict[str, int]:
-    """Step the SB3 chain and the ALE env with the same random actions; everything
-    prefrl reads must be equal. Returns counts of the events seen."""
+def _compare(preset, steps: int, *, n_envs: int = 2, seed: int = 3, action_choices: tuple[int, ...] = (),
+             **kwargs: Any) -> dict[str, int]:
+    """Step the SB3 chain and the ALE env with the same random actions (drawn from
+    ``action_choices``, default all); everything prefrl reads must be equal. Returns
+    counts of the events seen."""
     reference = make_vec_env(preset, n_envs, seed, **kwargs)
     ours = make_ale_vec_env(preset, n_envs, seed, **kwargs)
     counts = {"done": 0, "after_termination": 0, "episodes": 0, "restarts": 0}
@@ -47,7 +49,8 @@ def _compare(preset, steps: int, *, n_envs: int = 2, seed: int = 3, **kwargs: An
         rng = np.random.default_rng(0)
         frame_numbers = [info["episode_frame_number"] for info in reference.reset_infos]
         for t in range(steps):
-            actions = rng.integers(0, reference.action_space.n, n_envs)
+            choices = np.asarray(action_choices or range(reference.action_space.n))
+            actions = choices[rng.integers(0, len(choices), n_envs)]
             obs, rewards, dones, infos = reference.step(actions)
             our_obs, our_rewards, our_dones, our_infos = ours.step(actions)
             assert our_obs.dtype == obs.dtype and np.array_equal(our_obs, obs), f"step {t}: observations"
@@ -115,6 +118,22 @@ def test_breakout_fire_reset_game_over_penalty_and_horizon_match_sb3_chain() -> 
     assert preset.task.fire_reset and preset.task.termination_penalty > 0
     counts = _compare(preset, 300, record_frames=True)
     assert counts["after_termination"] >= 1 and counts["done"] == 2 and counts["episodes"] == 2
+
+
+@pytest.mark.parametrize("fire_after_life_loss", [True, False])
+def test_breakout_never_pressing_fire_stops_the_game_only_without_fire_after_life_loss(
+    fire_after_life_loss: bool,
+) -> None:
+    # A policy that never presses FIRE (NOOP, RIGHT, LEFT) loses the first ball; only if
+    # the next action after a lost life becomes FIRE do the other four follow (game over
+    # in ~150 steps), the same in both backends.
+    flag = str(fire_after_life_loss).lower()
+    preset = load_preset("breakout", ["task.horizon=400", "task.noop_max=0", f"task.fire_after_life_loss={flag}"])
+    counts = _compare(preset, 400, action_choices=(0, 2, 3))
+    assert (counts["after_termination"] >= 2) if fire_after_life_loss else (counts["after_termination"] == 0)
+    evaluation = load_preset("breakout", ["eval.max_episode_steps=1000", f"task.fire_after_life_loss={flag}"])
+    counts = _compare(evaluation, 400, evaluation=True, n_envs=1, action_choices=(0, 2, 3))
+    assert counts["done"] == (1 if fire_after_life_loss else 0)
 
 
 def test_breakout_evaluation_matches_sb3_chain() -> None:
