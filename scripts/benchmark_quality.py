@@ -231,11 +231,57 @@ def record_dir(run_dir: Path, records: Path) -> Path:
     return records / Path(*run_dir.parts[-4:])
 
 
+#: Preset sections that shape each arm's result (the true arm never uses the reward
+#: model, its labels or the teacher).
+ARM_SECTIONS = {"true": ("task", "ppo", "eval"), "learned": ("task", "ppo", "reward", "labels", "teacher", "eval")}
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))  # tuples and lists, inf and Infinity alike
+
+
+def changed_settings(spec: RunSpec, stored: dict[str, Any]) -> list[str]:
+    """What differs between a finished run's preset (``config.json``'s ``preset``) and
+    the one the plan would run now, as ``section.key: old -> new``. A key the stored preset
+    lacks is a setting added since, which then behaved as its default.
+    """
+    from prefrl.presets import SECTIONS
+
+    current = load_preset(spec.task, list(spec.overrides)).to_dict()
+    changes = []
+    for section in ARM_SECTIONS[spec.arm]:
+        defaults = {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
+                    for f in dataclasses.fields(SECTIONS[section])}
+        old = stored.get(section, {})
+        for key, value in current.get(section, {}).items():
+            before = old.get(key, defaults.get(key))
+            if _plain(before) != _plain(value):
+                changes.append(f"{section}.{key}: {_plain(before)!r} -> {_plain(value)!r}")
+    return changes
+
+
+def finished_dir(spec: RunSpec, records: Path | None = None) -> Path | None:
+    """The folder of the run's finished result: here, or from earlier (on any machine)
+    kept in ``records``; None if it has not finished."""
+    for folder in (spec.run_dir, None if records is None else record_dir(spec.run_dir, records)):
+        if folder is not None and (folder / "summary.json").is_file():
+            return folder
+    return None
+
+
+def stale_changes(spec: RunSpec, records: Path | None = None) -> list[str]:
+    """:func:`changed_settings` of the run's finished result ([] if none or unreadable)."""
+    folder = finished_dir(spec, records)
+    try:
+        stored = json.loads((folder / "config.json").read_text())["preset"] if folder else None
+    except (OSError, ValueError, KeyError):
+        return []
+    return changed_settings(spec, stored) if stored else []
+
+
 def is_finished(spec: RunSpec, records: Path | None = None) -> bool:
-    """Finished here, or finished earlier (on any machine) and kept in ``records``."""
-    if (spec.run_dir / "summary.json").is_file():
-        return True
-    return records is not None and (record_dir(spec.run_dir, records) / "summary.json").is_file()
+    """Finished with the settings the plan would run now (here or in ``records``)."""
+    return finished_dir(spec, records) is not None and not stale_changes(spec, records)
 
 
 def save_records(out: Path, records: Path) -> None:
@@ -275,7 +321,8 @@ def prepare(plan: Sequence[RunSpec], records: Path | None = None) -> tuple[list[
     """Split the plan into finished runs (reused, also those kept in ``records``) and
     runs to do. An interrupted run with a checkpoint of the same settings resumes from it
     (``train`` ends it exactly as an uninterrupted run); other unfinished folders are
-    removed so that their runs start clean."""
+    removed so that their runs start clean. A run finished with other settings than the
+    preset's now is run again (said on stdout); its folder moves to ``<out>/replaced``."""
     from prefrl.training import RunPaths, would_resume
 
     done, todo = [], []
@@ -283,6 +330,16 @@ def prepare(plan: Sequence[RunSpec], records: Path | None = None) -> tuple[list[
         if is_finished(spec, records):
             done.append(spec)
         else:
+            changes = stale_changes(spec, records)
+            if changes:
+                print(f"{spec.label}: finished with other settings ({'; '.join(changes)}); running it again",
+                      flush=True)
+                if (spec.run_dir / "summary.json").is_file():
+                    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+                    aside = spec.run_dir.parents[3] / "replaced" / Path(*spec.run_dir.parts[-4:-1]) / \
+                        f"{spec.run_dir.name}-{stamp}"
+                    aside.parent.mkdir(parents=True, exist_ok=True)
+                    spec.run_dir.rename(aside)
             if spec.run_dir.exists() and not would_resume(
                 load_preset(spec.task, list(spec.overrides)), arm=spec.arm, seed=spec.seed,
                 paths=RunPaths(spec.run_dir, spec.run_dir / "clips"),
@@ -331,18 +388,27 @@ def measure_random_policy(preset: Preset, episodes: int, seed: int = 12_345) -> 
     finally:
         env.close()
     return {
-        "task": preset.task.name, "episodes": episodes, "seed": seed,
+        "task": preset.task.name, "episodes": episodes, "seed": seed, "settings": random_policy_settings(preset),
         "mean": float(np.mean(returns)), "std": float(np.std(returns)),
         "returns": returns, "lengths": lengths, "wall_seconds": round(time.time() - started, 1),
     }
 
 
+def random_policy_settings(preset: Preset) -> dict[str, Any]:
+    """What a random policy's return depends on: the task and evaluation settings."""
+    data = preset.to_dict()
+    return _plain({"task": data["task"], "eval": data["eval"]})
+
+
 def random_baseline(folder: Path, preset: Preset, episodes: int) -> dict[str, Any]:
-    """The random policy's return for one ``<task>/<setting>`` folder, measured once."""
+    """The random policy's return for one ``<task>/<setting>`` folder, measured once
+    (again when the task or evaluation settings have changed since; files from before
+    the settings were stored are kept)."""
     path = folder / "random.json"
     if path.is_file():
         data = json.loads(path.read_text())
-        if data.get("episodes") == episodes:
+        same = data.get("settings", random_policy_settings(preset)) == random_policy_settings(preset)
+        if data.get("episodes") == episodes and same:
             return data
     data = measure_random_policy(preset, episodes)
     folder.mkdir(parents=True, exist_ok=True)
@@ -822,12 +888,34 @@ def trend_note(s: Setting) -> str:
         if any("still rising" in p for p in parts) else "Mean curves: " + "; ".join(parts) + "."
 
 
+def run_spec(setting: Setting, run: Any) -> RunSpec | None:
+    """The plan's spec of a recorded run (None if the plan would not name it)."""
+    budget = [run.label_budget] if run.label_budget > 0 else [1]
+    plan = build_plan([setting.task], [run.seed], budget, setting.folder.parent.parent, steps=setting.steps,
+                      atari_budgets=budget, user_overrides=setting.overrides)
+    wanted = Path(*run.run_dir.parts[-2:])
+    return next((spec for spec in plan if Path(*spec.run_dir.parts[-2:]) == wanted), None)
+
+
+def outdated_runs(setting: Setting) -> list[str]:
+    """One line per recorded run whose settings differ from the preset's now."""
+    lines = []
+    for run in setting.runs:
+        spec = run_spec(setting, run)
+        changes = stale_changes(spec) if spec is not None else []
+        if changes:
+            lines.append(f"- {spec.label}: recorded with other settings than the preset's now "
+                         f"({'; '.join(changes)}); the next plan runs it again.")
+    return lines
+
+
 def limits(settings: Sequence[Setting]) -> list[str]:
     """Facts that bound what the tables can show, computed from the settings."""
     notes = []
     for s in settings:
         if not s.runs:
             continue
+        notes += outdated_runs(s)
         preset_steps = load_preset(s.task, s.overrides).ppo.total_steps
         seeds = sorted({r.seed for r in s.runs})
         if s.steps < preset_steps:

@@ -235,3 +235,49 @@ def test_protocol_states_each_domains_evaluation_mode_from_the_presets(bq):
     both = [setting("breakout", "atari"), setting("pong", "atari", ["eval.deterministic=true"])]
     assert bq.evaluation_modes(both) == "Atari: the policy's most likely action or actions sampled from the policy"
     assert bq.evaluation_modes([setting("hopper", "mujoco", runs=())]) == "no runs"
+
+
+def test_runs_made_with_other_settings_are_run_again_and_flagged(bq, tmp_path, capsys):
+    """A finished run (here or in the records) counts only with the settings the plan
+    would use now; the page says which records are outdated, the plan runs them again and
+    keeps the old folder aside."""
+    out, records = tmp_path / "runs", tmp_path / "records"
+    plan = bq.build_plan(["breakout"], [0], [], out)
+    bq.write_setting_files(plan, [])
+    true_spec, learned_spec = plan
+    for spec in plan:
+        _fake_run(spec.run_dir, spec.task, spec.arm, spec.seed, spec.budget, 2.0, spec.steps)
+        preset = load_preset(spec.task, list(spec.overrides)).to_dict()
+        if spec.arm == "learned":
+            preset["reward"]["dropout"] = 0.5  # the reward model differs: the learned arm only
+        del preset["task"]["fire_after_life_loss"]  # a setting added since: its default was False
+        (spec.run_dir / "config.json").write_text(json.dumps({"started": "2026-01-01T10:00:00", "preset": preset}))
+    assert bq.stale_changes(true_spec) == ["task.fire_after_life_loss: False -> True"]
+    assert bq.stale_changes(learned_spec) == ["task.fire_after_life_loss: False -> True",
+                                              "reward.dropout: 0.5 -> 0.0"]
+    hopper = bq.build_plan(["hopper"], [0], [700], out)[0]
+    _fake_run(hopper.run_dir, "hopper", "true", 0, 0, 1.0, hopper.steps)
+    (hopper.run_dir / "config.json").write_text(json.dumps({"preset": load_preset("hopper", list(hopper.overrides)).to_dict()}))
+    assert bq.stale_changes(hopper) == [] and bq.is_finished(hopper)
+
+    bq.save_records(out, records)
+    page = bq.write_results(records, tmp_path / "results.md").read_text()
+    assert ("- breakout/learned-500/seed0: recorded with other settings than the preset's now "
+            "(task.fire_after_life_loss: False -> True; reward.dropout: 0.5 -> 0.0); the next plan runs it again.") in page
+
+    done, todo = bq.prepare(plan, records)
+    assert done == [] and todo == plan
+    said = capsys.readouterr().out
+    assert "breakout/true/seed0: finished with other settings (task.fire_after_life_loss: False -> True)" in said
+    assert not true_spec.run_dir.exists()
+    kept = list((out / "replaced" / "breakout" / true_spec.run_dir.parts[-3] / "true").glob("seed0-*/summary.json"))
+    assert len(kept) == 1  # nothing finished is lost
+
+
+def test_random_baseline_is_measured_again_when_the_task_changes(bq, tmp_path):
+    preset = load_preset("pendulum")
+    first = bq.random_baseline(tmp_path, preset, 1)
+    assert first["settings"]["task"]["env_id"] == "Pendulum-v1"
+    assert bq.random_baseline(tmp_path, preset, 1) == first
+    longer = load_preset("pendulum", ["eval.max_episode_steps=20"])
+    assert bq.random_baseline(tmp_path, longer, 1)["lengths"] == [20]
