@@ -300,6 +300,13 @@ class RecordFrame(gym.Wrapper, RecordConstructorArgs):
         return obs, reward, terminated, truncated, info
 
 
+def _require_fire(env: gym.Env, setting: str) -> None:
+    """The FIRE wrappers press action 1: refuse a game whose action 1 is something else."""
+    meanings = env.unwrapped.get_action_meanings()
+    if len(meanings) < 2 or meanings[1] != "FIRE":
+        raise PrefrlError(f"task.{setting} = true is invalid for {env.unwrapped}: its action 1 is not FIRE")
+
+
 class FireOnReset(gym.Wrapper, RecordConstructorArgs):
     """Press FIRE after every reset, for games that wait for it (Breakout's first ball).
 
@@ -312,9 +319,7 @@ class FireOnReset(gym.Wrapper, RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        meanings = env.unwrapped.get_action_meanings()
-        if len(meanings) < 2 or meanings[1] != "FIRE":
-            raise PrefrlError(f"task.fire_reset = true is invalid for {env.unwrapped}: its action 1 is not FIRE")
+        _require_fire(env, "fire_reset")
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetReturn:
         self.env.reset(seed=seed, options=options)
@@ -339,9 +344,7 @@ class FireAfterLifeLoss(gym.Wrapper, RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        meanings = env.unwrapped.get_action_meanings()
-        if len(meanings) < 2 or meanings[1] != "FIRE":
-            raise PrefrlError(f"task.fire_after_life_loss = true is invalid for {env.unwrapped}: its action 1 is not FIRE")
+        _require_fire(env, "fire_after_life_loss")
         self.lives = 0
         self.fire_next = False
 
