@@ -248,6 +248,25 @@ def test_cnn_batch_norm_statistics_stay_per_member_in_training():
             torch.testing.assert_close(batched[m], single(obs[m].float() / 255).squeeze(-1), atol=1e-5, rtol=1e-5)
 
 
+def test_cnn_dropout_applies_in_training_only_and_is_reproducible():
+    """The default has no dropout; with it, train-mode outputs depend on the mask source
+    alone (same generator state, same outputs) and eval mode ignores it."""
+    assert RewardSettings().dropout == 0.0
+    obs = torch.randint(0, 256, (2, 3, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    def outputs(dropout: float, train: bool, mask_seed: int) -> torch.Tensor:
+        net = EnsembleAtariCNN(ATARI_SPACE, spaces.Discrete(6), n_members=2, dropout=dropout,
+                               generator=torch.Generator().manual_seed(1)).train(train)
+        net.dropout_generator = torch.Generator().manual_seed(mask_seed)
+        with torch.no_grad():
+            return net(obs)
+
+    assert torch.equal(outputs(0.5, True, 3), outputs(0.5, True, 3))
+    assert not torch.allclose(outputs(0.5, True, 3), outputs(0.5, True, 4))
+    assert not torch.allclose(outputs(0.5, True, 3), outputs(0.0, True, 3))
+    assert torch.equal(outputs(0.5, False, 3), outputs(0.0, False, 4))
+
+
 def test_cnn_refuses_channel_last_observations():
     with pytest.raises(PrefrlError, match=r"channel-first.*\(84, 84, 4\)"):
         EnsembleAtariCNN(spaces.Box(0, 255, (84, 84, 4), np.uint8), spaces.Discrete(6), n_members=3)
