@@ -242,22 +242,21 @@ def _plain(value: Any) -> Any:
 
 def changed_settings(spec: RunSpec, stored: dict[str, Any]) -> list[str]:
     """What differs between a finished run's preset (``config.json``'s ``preset``) and
-    the one the plan would run now, as ``section.key: old -> new``. A key the stored preset
-    lacks is a setting added since, which then behaved as its default.
+    the one the plan would run now, as ``section.key (old -> new)`` (the form ``train``
+    refuses a resume with). A key the stored preset lacks is a setting added since, which
+    then behaved as its default; one it has and the preset no longer knows is ignored.
     """
+    from prefrl.checkpoint import flatten, setting_differences
     from prefrl.presets import SECTIONS
 
     current = load_preset(spec.task, list(spec.overrides)).to_dict()
-    changes = []
+    old, new = {}, {}
     for section in ARM_SECTIONS[spec.arm]:
         defaults = {f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)
                     for f in dataclasses.fields(SECTIONS[section])}
-        old = stored.get(section, {})
-        for key, value in current.get(section, {}).items():
-            before = old.get(key, defaults.get(key))
-            if _plain(before) != _plain(value):
-                changes.append(f"{section}.{key}: {_plain(before)!r} -> {_plain(value)!r}")
-    return changes
+        new[section] = current.get(section, {})
+        old[section] = {key: stored.get(section, {}).get(key, defaults.get(key)) for key in new[section]}
+    return setting_differences(flatten(_plain(old)), flatten(_plain(new)))
 
 
 def finished_dir(spec: RunSpec, records: Path | None = None) -> Path | None:
@@ -327,10 +326,10 @@ def prepare(plan: Sequence[RunSpec], records: Path | None = None) -> tuple[list[
 
     done, todo = [], []
     for spec in plan:
-        if is_finished(spec, records):
+        changes = stale_changes(spec, records)
+        if finished_dir(spec, records) is not None and not changes:
             done.append(spec)
         else:
-            changes = stale_changes(spec, records)
             if changes:
                 print(f"{spec.label}: finished with other settings ({'; '.join(changes)}); running it again",
                       flush=True)

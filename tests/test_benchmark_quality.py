@@ -252,9 +252,8 @@ def test_runs_made_with_other_settings_are_run_again_and_flagged(bq, tmp_path, c
             preset["reward"]["dropout"] = 0.5  # the reward model differs: the learned arm only
         del preset["task"]["fire_after_life_loss"]  # a setting added since: its default was False
         (spec.run_dir / "config.json").write_text(json.dumps({"started": "2026-01-01T10:00:00", "preset": preset}))
-    assert bq.stale_changes(true_spec) == ["task.fire_after_life_loss: False -> True"]
-    assert bq.stale_changes(learned_spec) == ["task.fire_after_life_loss: False -> True",
-                                              "reward.dropout: 0.5 -> 0.0"]
+    assert bq.stale_changes(true_spec) == ["task.fire_after_life_loss (false -> true)"]
+    assert bq.stale_changes(learned_spec) == ["reward.dropout (0.5 -> 0.0)", "task.fire_after_life_loss (false -> true)"]
     hopper = bq.build_plan(["hopper"], [0], [700], out)[0]
     _fake_run(hopper.run_dir, "hopper", "true", 0, 0, 1.0, hopper.steps)
     (hopper.run_dir / "config.json").write_text(json.dumps({"preset": load_preset("hopper", list(hopper.overrides)).to_dict()}))
@@ -263,12 +262,12 @@ def test_runs_made_with_other_settings_are_run_again_and_flagged(bq, tmp_path, c
     bq.save_records(out, records)
     page = bq.write_results(records, tmp_path / "results.md").read_text()
     assert ("- breakout/learned-500/seed0: recorded with other settings than the preset's now "
-            "(task.fire_after_life_loss: False -> True; reward.dropout: 0.5 -> 0.0); the next plan runs it again.") in page
+            "(reward.dropout (0.5 -> 0.0); task.fire_after_life_loss (false -> true)); the next plan runs it again.") in page
 
     done, todo = bq.prepare(plan, records)
     assert done == [] and todo == plan
     said = capsys.readouterr().out
-    assert "breakout/true/seed0: finished with other settings (task.fire_after_life_loss: False -> True)" in said
+    assert "breakout/true/seed0: finished with other settings (task.fire_after_life_loss (false -> true))" in said
     assert not true_spec.run_dir.exists()
     kept = list((out / "replaced" / "breakout" / true_spec.run_dir.parts[-3] / "true").glob("seed0-*/summary.json"))
     assert len(kept) == 1  # nothing finished is lost
