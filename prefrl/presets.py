@@ -154,9 +154,10 @@ class RewardSettings:
     :param random_answer_prob: assumed chance that the labeller answered at random
     :param label_buffer_size: train on the newest this many labels (0 = all)
     :param batch_norm: CNN only: batch normalisation after each conv
-    :param dropout: CNN only: dropout probability after each convolution block; 0 by
-        default, not the paper's 0.5, which kept the CNN from learning a few hundred labels
-        in the refits a CPU run affords (docs/results.md, findings)
+    :param dropout: CNN only: dropout probability after each convolution block (the
+        paper's 0.5 by default; the Atari presets use 0, since 0.5 kept the CNN from
+        learning a few hundred labels in the refits a CPU run affords: docs/results.md,
+        findings)
     :param frames_per_clip: frames of each clip used by the loss per minibatch (random) and
         by query selection's scores (evenly spaced); 0 = all
     :param fit_mode: ``background``: refit in a thread beside PPO, the next rewards wait
@@ -182,7 +183,7 @@ class RewardSettings:
     random_answer_prob: float = 0.1
     label_buffer_size: int = 0
     batch_norm: bool = True
-    dropout: float = 0.0
+    dropout: float = 0.5
     frames_per_clip: int = 0
     fit_mode: str = "background"
 

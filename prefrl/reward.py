@@ -398,7 +398,7 @@ class EnsembleAtariCNN(RewardNet):
     """The paper's Atari predictor, all members in one grouped network.
 
     4 convolutions (7x7 stride 3, 5x5 stride 2, 3x3 stride 1, 3x3 stride 1, 16 filters
-    each), each followed by batch norm, leaky ReLU (0.01) and dropout (none by default), then a fully
+    each), each followed by batch norm, leaky ReLU (0.01) and dropout, then a fully
     connected layer of 64 and a scalar. Input: channel-first ``(C, 84, 84)`` uint8
     frame stacks, scaled to [0, 1]. Actions are not used.
 
@@ -428,7 +428,7 @@ class EnsembleAtariCNN(RewardNet):
         action_space: spaces.Space,
         n_members: int,
         batch_norm: bool = True,
-        dropout: float = 0.0,
+        dropout: float = 0.5,
         channels_last: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:

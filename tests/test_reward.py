@@ -249,9 +249,8 @@ def test_cnn_batch_norm_statistics_stay_per_member_in_training():
 
 
 def test_cnn_dropout_applies_in_training_only_and_is_reproducible():
-    """The default has no dropout; with it, train-mode outputs depend on the mask source
-    alone (same generator state, same outputs) and eval mode ignores it."""
-    assert RewardSettings().dropout == 0.0
+    """With dropout, train-mode outputs depend on the mask source alone (same generator
+    state, same outputs) and eval mode ignores it."""
     obs = torch.randint(0, 256, (2, 3, 4, 84, 84), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
     def outputs(dropout: float, train: bool, mask_seed: int) -> torch.Tensor:
