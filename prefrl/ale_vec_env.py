@@ -76,6 +76,7 @@ from prefrl.envs import (
     RecordFrame,
     ScoreMask,
     TerminationPenalty,
+    require_fire_action,
 )
 from prefrl.errors import PrefrlError
 from prefrl.presets import Preset
@@ -194,8 +195,8 @@ class AleVectorEnv(VecEnv):
         if self.noop_max > 0 and meanings[0] != "NOOP":
             raise PrefrlError(f"task.noop_max > 0 is invalid for {first}: its action 0 is not NOOP")
         for flag, wanted in (("fire_reset", self.fire_reset), ("fire_after_life_loss", self.fire_after_life_loss)):
-            if wanted and (len(meanings) < 2 or meanings[1] != "FIRE"):
-                raise PrefrlError(f"task.{flag} = true is invalid for {first}: its action 1 is not FIRE")
+            if wanted:
+                require_fire_action(first, flag)
         height, width = first.ale.getScreenDims()
         self.regions = [tuple(int(v) for v in region) for region in task.mask_regions]
         for top, bottom, left, right in self.regions:

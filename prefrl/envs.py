@@ -300,7 +300,7 @@ class RecordFrame(gym.Wrapper, RecordConstructorArgs):
         return obs, reward, terminated, truncated, info
 
 
-def _require_fire(env: gym.Env, setting: str) -> None:
+def require_fire_action(env: gym.Env, setting: str) -> None:
     """The FIRE wrappers press action 1: refuse a game whose action 1 is something else."""
     meanings = env.unwrapped.get_action_meanings()
     if len(meanings) < 2 or meanings[1] != "FIRE":
@@ -319,7 +319,7 @@ class FireOnReset(gym.Wrapper, RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        _require_fire(env, "fire_reset")
+        require_fire_action(env, "fire_reset")
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetReturn:
         self.env.reset(seed=seed, options=options)
@@ -344,7 +344,7 @@ class FireAfterLifeLoss(gym.Wrapper, RecordConstructorArgs):
     def __init__(self, env: gym.Env) -> None:
         RecordConstructorArgs.__init__(self)
         gym.Wrapper.__init__(self, env)
-        _require_fire(env, "fire_after_life_loss")
+        require_fire_action(env, "fire_after_life_loss")
         self.lives = 0
         self.fire_next = False
 

@@ -751,6 +751,16 @@ class LabelStore:
         ).fetchall()
         return [(int(i), str(p), Choice(c), str(who), float(t)) for i, p, c, who, t in rows]
 
+    def preferences(self) -> list[Preference]:
+        """Every answer in the store with its pair, oldest first ("can't tell" included).
+
+        :raises PrefrlError: a clip file of an answered pair is missing or unreadable
+        """
+        return [
+            Preference(pair=self.load_pair(pair_id), choice=choice, labeller=labeller)
+            for _, pair_id, choice, labeller, _ in self.labels_after(0)
+        ]
+
     def counts(self) -> dict[str, int]:
         """``pairs``, ``pending``, ``answered`` and ``leased`` (pending under a live lease)."""
         conn = self.connection

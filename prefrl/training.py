@@ -1136,10 +1136,7 @@ def pretrain_from_fixed_labels(prefs: PreferenceCallback, clips_dir: Path, recor
 
     source = LabelStore(clips_dir, prefs.preset.task.name)
     try:
-        preferences = [
-            Preference(pair=source.load_pair(pair_id), choice=choice, labeller=labeller)
-            for _, pair_id, choice, labeller, _ in source.labels_after(0)
-        ]
+        preferences = source.preferences()
     finally:
         source.close()
     usable = [p for p in preferences if p.choice is not Choice.CANT_TELL]

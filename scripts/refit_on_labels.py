@@ -40,11 +40,7 @@ def stored_preferences(clips_dir: Path, task: str) -> list[Preference]:
     """Every answer of a label store, oldest first ("can't tell" dropped, as in training)."""
     store = LabelStore(clips_dir, task, readonly=True)
     try:
-        return [
-            Preference(pair=store.load_pair(pair_id), choice=choice, labeller=labeller)
-            for _, pair_id, choice, labeller, _ in store.labels_after(0)
-            if choice is not Choice.CANT_TELL
-        ]
+        return [p for p in store.preferences() if p.choice is not Choice.CANT_TELL]
     finally:
         store.close()
 
