@@ -109,6 +109,7 @@ from prefrl.queries import draw_queries, make_selector
 from prefrl.reward import RewardModel
 from prefrl.segments import ClipPair, Segment, SegmentBuffer
 from prefrl.teachers import Teacher, make_teacher
+from prefrl.threads import setup_background_thread
 from prefrl.vec_wrappers import (
     DeferredRewardVecNormalize,
     LearnedRewardVecEnv,
@@ -331,7 +332,7 @@ class RewardFitter:
         start = time.perf_counter()
         try:
             if set_threads:
-                torch.set_num_threads(self.threads)  # per thread: PPO's own count is untouched
+                setup_background_thread(self.threads)
             self._result = fit_reward_model(self.reward_model, recent, epochs, max_pairs)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread by wait()
             self._error = exc

@@ -29,6 +29,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from prefrl.segments import SegmentBuffer
+from prefrl.threads import setup_background_thread
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -306,7 +307,7 @@ class LearnedRewardVecEnv(VecEnvWrapper):
 
     def _submit(self) -> None:
         if self._executor is None:
-            self._executor = ThreadPoolExecutor(1, thread_name_prefix="prefrl-relabel", initializer=_one_torch_thread)
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="prefrl-relabel", initializer=setup_background_thread)
         start, stop = self._submitted, len(self._pending_obs)
         self._chunks.append(self._executor.submit(self._chunk_rewards, start, stop))
         self._submitted = stop
@@ -342,10 +343,3 @@ class LearnedRewardVecEnv(VecEnvWrapper):
 
 def _copy(array: np.ndarray | None) -> np.ndarray | None:
     return None if array is None else np.array(array, copy=True)
-
-
-def _one_torch_thread() -> None:
-    """Initializer of the prefetch worker: one torch thread (PPO keeps its own count)."""
-    import torch
-
-    torch.set_num_threads(1)
