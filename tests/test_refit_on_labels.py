@@ -61,3 +61,48 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("refit_on_labels: error: ") for line in err)
     assert "not a run directory" in err[0] and "only reward.* settings" in err[1] and "--step 0 is too small" in err[2]
+
+
+class _FixedReturns:
+    """Stands in for a reward model: the predicted return of a clip is its first observation."""
+
+    def segment_returns(self, segments):
+        return np.array([[float(seg.observations[0, 0]) for seg in segments]] * 2, dtype=np.float32)
+
+
+def _pref(rng, left_pred, right_pred, left_true, right_true, choice):
+    left, right = vector_segment("a", rng, obs_dim=1), vector_segment("b", rng, obs_dim=1)
+    for seg, pred, true in ((left, left_pred, left_true), (right, right_pred, right_true)):
+        seg.observations[0, 0] = pred
+        seg.true_rewards[:] = 0.0
+        seg.true_rewards[0] = true
+    return refit.Preference(ClipPair(left, right), choice)
+
+
+def test_test_scores_by_hand():
+    rng = np.random.default_rng(0)
+    test = [
+        _pref(rng, 2.0, 1.0, 3.0, 0.0, Choice.LEFT),   # ranked right
+        _pref(rng, 0.0, 1.0, 0.0, 1.0, Choice.RIGHT),  # ranked right
+        _pref(rng, 5.0, 4.0, 0.0, 2.0, Choice.RIGHT),  # ranked wrong
+        _pref(rng, 1.0, 1.0, 1.0, 1.0, Choice.TIE),    # not in the accuracy
+    ]
+    scores = refit.test_scores(_FixedReturns(), test)
+    assert scores["test_accuracy"] == 2 / 3
+    predicted = [2, 1, 0, 1, 5, 4, 1, 1]
+    true = [3, 0, 0, 1, 0, 2, 1, 1]
+    assert np.isclose(scores["test_return_corr"], np.corrcoef(predicted, true)[0, 1])
+
+
+def test_held_out_test_answers_are_scored_and_never_fitted(tmp_path, capsys):
+    make_run(tmp_path / "run", 25)
+    args = ["--first", "10", "--step", "5", "--refits", "1", "--pretrain-epochs", "2", "--epochs", "1", "--test", "8"]
+    assert refit.main([str(tmp_path / "run"), *args]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2].startswith("test: the newest 8 answers")
+    assert lines[3].split()[-2:] == ["test_accuracy", "test_return_corr"]
+    rows = [line.split() for line in lines[4:-1]]
+    # 24 answers, 8 held out: 16 to fit on; 10 then 15.
+    assert [r[1] for r in rows] == ["10", "15"] and all(0.0 <= float(r[-2]) <= 1.0 for r in rows)
+    assert refit.main([str(tmp_path / "run"), "--test", "24"]) == 2
+    assert "--test 24 leaves none of the 24 answers" in capsys.readouterr().err
