@@ -109,7 +109,7 @@ from prefrl.queries import draw_queries, make_selector
 from prefrl.reward import RewardModel
 from prefrl.segments import ClipPair, Segment, SegmentBuffer
 from prefrl.teachers import Teacher, make_teacher
-from prefrl.threads import setup_background_thread
+from prefrl.threads import background_nice, setup_background_thread
 from prefrl.vec_wrappers import (
     DeferredRewardVecNormalize,
     LearnedRewardVecEnv,
@@ -1266,6 +1266,7 @@ def _train(preset: Preset, *, arm: str, seed: int, paths: RunPaths, teacher_kind
     rng = np.random.default_rng(seed)
     if preset.ppo.torch_threads > 0:
         torch.set_num_threads(preset.ppo.torch_threads)
+    background_nice()  # a bad PREFRL_BACKGROUND_NICE stops here, not in a fitting thread
 
     p = preset.ppo
     # People watch Atari clips as RGB frames; MuJoCo clips are rendered from physics states.
