@@ -53,6 +53,7 @@ from prefrl.labels import Choice, Preference
 from prefrl.presets import Preset, load_preset
 from prefrl.reward import RewardModel, evaluation_sizes, refit_minibatches
 from prefrl.segments import ClipPair, Segment
+from prefrl.threads import NICE_VARIABLE, background_nice
 from prefrl.training import RunPaths, train
 
 #: Window settings per task: steps and repeats of each arm, and overrides of the learned
@@ -366,7 +367,8 @@ def main() -> None:
     emit(f"- date: {datetime.now().isoformat(timespec='minutes')}")
     emit(f"- command: `{command}`")
     emit(f"- learned arm: relabel `{args.relabel}`, reward fitting `{args.fit or 'the preset reward.fit_mode'}` "
-         f"({args.fit_threads} torch thread{'s' if args.fit_threads > 1 else ''} when in the background)")
+         f"({args.fit_threads} torch thread{'s' if args.fit_threads > 1 else ''} when in the background; "
+         f"background threads at nice +{background_nice()}, `{NICE_VARIABLE}`)")
     emit(f"- load average (1/5/15 min) at start: {started['load']}")
     emit()
 
