@@ -13,20 +13,25 @@ from prefrl.errors import PrefrlError
 from prefrl.threads import BACKGROUND_NICE, NICE_VARIABLE, background_nice, setup_background_thread
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
-def test_background_thread_is_lowered_and_main_thread_untouched():
-    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-    main_threads = torch.get_num_threads()
-    seen: dict[str, int] = {}
+def nice_of_a_worker() -> int:
+    """The nice value of a fresh thread after :func:`setup_background_thread`."""
+    seen: list[int] = []
 
     def worker() -> None:
         setup_background_thread(1)
-        seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
 
     thread = threading.Thread(target=worker)
     thread.start()
     thread.join()
-    assert seen["nice"] == min(19, main_nice + BACKGROUND_NICE)
+    return seen[0]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
+def test_background_thread_is_lowered_and_main_thread_untouched():
+    main_nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    main_threads = torch.get_num_threads()
+    assert nice_of_a_worker() == min(19, main_nice + BACKGROUND_NICE)
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_nice
     assert torch.get_num_threads() == main_threads
 
@@ -39,18 +44,6 @@ def test_main_thread_is_never_lowered():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread nice values are a Linux feature")
 def test_the_environment_sets_the_increment_and_zero_turns_it_off(monkeypatch):
-    def nice_of_a_worker() -> int:
-        seen: list[int] = []
-
-        def worker() -> None:
-            setup_background_thread(1)
-            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
-
-        thread = threading.Thread(target=worker)
-        thread.start()
-        thread.join()
-        return seen[0]
-
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     monkeypatch.setenv(NICE_VARIABLE, "0")
     assert nice_of_a_worker() == base
