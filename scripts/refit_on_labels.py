@@ -129,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         prefs = stored_preferences(clips_dir, preset.task.name)
         if not prefs:
             raise PrefrlError(f"{clips_dir}: no answered pairs to fit on")
-        for name, value in (("--first", args.first), ("--step", args.step), ("--refits", args.refits),
-                            ("--test", args.test)):
-            if value is not None and value < (1 if name in ("--first", "--step") else 0):
-                raise PrefrlError(f"{name} {value} is too small; give at least {1 if name in ('--first', '--step') else 0}")
+        for name, value, least in (("--first", args.first, 1), ("--step", args.step, 1),
+                                   ("--refits", args.refits, 0), ("--test", args.test, 0)):
+            if value is not None and value < least:
+                raise PrefrlError(f"{name} {value} is too small; give at least {least}")
         if args.test >= len(prefs):
             raise PrefrlError(f"--test {args.test} leaves none of the {len(prefs)} answers to fit on; give fewer")
     except PrefrlError as exc:
