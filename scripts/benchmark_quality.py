@@ -26,7 +26,10 @@ Default budgets (one developer machine: 2 cores, CPU only; see DEFAULT_STEPS):
 * Atari: 250k agent steps = 1M frames (frame skip 4). Label budget: the paper's 3,300
   labels for 50M frames scaled by frames, ``max(500, round(3300 * frames / 50e6))``: 66
   at 1M frames, floored to 500, the number of labels the paper collects before RL starts
-  on Atari.
+  on Atari. The label rate's constant ``c`` (rate ∝ c / (T + c)) is scaled the same way,
+  ``preset c * frames / 50e6`` (100,000 agent steps at 1M frames, from the presets' 5e6):
+  unscaled, a 1M-frame run sees T ≪ c and asks for its labels at a constant rate, where
+  the paper asks for most of them early.
 * Every learned run collects 25% of its budget from the random policy before RL starts
   (the paper's MuJoCo rule; ``labels.initial_labels``), the rest on the preset's schedule.
 
@@ -161,6 +164,12 @@ def atari_label_budget(steps: int, frame_skip: int) -> int:
     return max(ATARI_LABEL_FLOOR, round(PAPER_ATARI_LABELS * steps * frame_skip / PAPER_ATARI_FRAMES))
 
 
+def atari_rate_constant(steps: int, frame_skip: int, preset_constant: float) -> int:
+    """The label rate's constant ``c`` (rate ∝ c / (T + c), in agent steps) scaled by frames
+    like the budget, so a short run keeps the paper's shape: most labels early."""
+    return max(1, round(preset_constant * steps * frame_skip / PAPER_ATARI_FRAMES))
+
+
 def setting_name(steps: int, user_overrides: Sequence[str]) -> str:
     name = f"{steps}steps"
     if user_overrides:
@@ -210,6 +219,9 @@ def build_plan(
             for budget in task_budgets:
                 initial = max(1, round(INITIAL_LABEL_FRACTION * budget))
                 extra = [f"labels.budget={budget}", f"labels.initial_labels={initial}"]
+                if base.task.domain == "atari":
+                    constant = atari_rate_constant(n_steps, base.task.frame_skip, base.labels.rate_constant)
+                    extra.append(f"labels.rate_constant={constant}")
                 plan.append(RunSpec(name, "learned", seed, budget, n_steps,
                                     tuple(common + extra + list(user_overrides)),
                                     folder / f"learned-{budget}" / f"seed{seed}"))
@@ -1000,7 +1012,9 @@ def write_results(out: Path, results: Path) -> Path:
         "uniform-random policy measured by the script on the evaluation env. 25% of each label budget is "
         "collected from the random policy before RL starts. Atari label budget: the paper's 3,300 labels "
         f"for 50M frames scaled by frames, max({ATARI_LABEL_FLOOR}, round(3300 × frames / 50M)) "
-        f"({ATARI_LABEL_FLOOR} at 1M frames). Atari reward training is the presets' CPU workload, not the "
+        f"({ATARI_LABEL_FLOOR} at 1M frames); the label rate's constant c (rate ∝ c / (T + c)) is scaled "
+        "by frames too, preset c × frames / 50M (100,000 agent steps at 1M frames), so that most labels "
+        "come early as in the paper. Atari reward training is the presets' CPU workload, not the "
         "paper's: the loss sees 8 random frames of each 25-step clip and a refit trains on at most "
         "`reward.max_pairs_per_update` pairs per member, and the CNN has no dropout (the paper's 0.5 kept it "
         "from learning at these budgets; findings) (each run's `config.json` holds its settings). "

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from prefrl.errors import PrefrlError
+from prefrl.labels import LabelSchedule
 from prefrl.presets import load_preset
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_quality.py"
@@ -73,6 +74,26 @@ def test_atari_budget_scaled_from_the_paper(bq, tmp_path):
     assert all("eval.every_steps=50000" in s.overrides for s in plan)
     assert all(not any(o.startswith("eval.") for o in s.overrides)
                for s in bq.build_plan(["pendulum"], [0], [20], tmp_path / "p"))
+
+
+def test_atari_label_schedule_scaled_with_the_budget(bq, tmp_path):
+    # The presets' c = 5e6 agent steps, scaled by 1M / 50M frames: 100,000 steps.
+    assert bq.atari_rate_constant(250_000, 4, 5e6) == 100_000
+    true_arm, learned = bq.build_plan(["breakout"], [0], [], tmp_path)
+    assert "labels.rate_constant=100000" in learned.overrides
+    assert not any(o.startswith("labels.") for o in true_arm.overrides)
+    preset = bq.load_preset("breakout", list(learned.overrides))
+    schedule = LabelSchedule.from_settings(preset.labels, learned.steps)
+    # Most labels early, as in the paper: over half of those after the first 125 by 40% of
+    # the run (a constant rate would give 40%).
+    asked = (schedule.target(100_000) - 125) / (500 - 125)
+    assert 0.5 < asked < 0.7
+    # A constant the user sets wins over the scaled one; MuJoCo keeps its preset schedule.
+    (user,) = [s for s in bq.build_plan(["breakout"], [0], [], tmp_path / "u",
+                                        user_overrides=["labels.rate_constant=7"]) if s.arm == "learned"]
+    assert bq.load_preset("breakout", list(user.overrides)).labels.rate_constant == 7
+    assert not any("rate_constant" in o for s in bq.build_plan(["hopper"], [0], [700], tmp_path / "h")
+                   for o in s.overrides)
 
 
 def test_arms_option_plans_one_arm(bq, tmp_path, capsys):
