@@ -453,16 +453,18 @@ def run_one(spec_path: Path) -> int:
 
 
 def current_step(run_dir: Path) -> int:
-    """Env steps a running run has logged so far (SB3's progress.csv)."""
-    path = run_dir / "logs" / "progress.csv"
-    try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        if rows:
-            return int(float(rows[-1].get("time/total_timesteps") or 0))
-    except (OSError, ValueError, csv.Error):
-        pass
-    return 0
+    """Env steps a running run has logged so far (SB3's progress.csv; a resumed run logs
+    to ``logs/resumed_at_<step>/`` from its checkpoint on)."""
+    logged = 0
+    for path in [run_dir / "logs" / "progress.csv", *(run_dir / "logs").glob("resumed_at_*/progress.csv")]:
+        try:
+            with open(path, newline="") as fh:
+                rows = list(csv.DictReader(fh))
+            if rows:
+                logged = max(logged, int(float(rows[-1].get("time/total_timesteps") or 0)))
+        except (OSError, ValueError, csv.Error):
+            pass
+    return logged
 
 
 def log_stem(run_dir: Path) -> str:

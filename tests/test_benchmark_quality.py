@@ -301,3 +301,14 @@ def test_random_baseline_is_measured_again_when_the_task_changes(bq, tmp_path):
     assert bq.random_baseline(tmp_path, preset, 1) == first
     longer = load_preset("pendulum", ["eval.max_episode_steps=20"])
     assert bq.random_baseline(tmp_path, longer, 1)["lengths"] == [20]
+
+
+def test_current_step_follows_a_resumed_run(bq, tmp_path):
+    assert bq.current_step(tmp_path) == 0  # nothing logged yet
+    logs = tmp_path / "logs"
+    (logs / "resumed_at_2048").mkdir(parents=True)
+    (logs / "progress.csv").write_text("time/total_timesteps,x\n1024,0\n2048,0\n")
+    assert bq.current_step(tmp_path) == 2048
+    # After a resume the old file stops and the run logs on in logs/resumed_at_<step>/.
+    (logs / "resumed_at_2048" / "progress.csv").write_text("time/total_timesteps,x\n3072,0\n4096,\n")
+    assert bq.current_step(tmp_path) == 4096
