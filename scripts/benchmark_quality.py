@@ -829,8 +829,12 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
                 else f"no ({_fmt(margin)} ≤ {CLEAR_MARGIN:g} × {_fmt(pooled)})")
         tm = float(np.mean(finals))
         if not learned_groups:
+            # Whether the game counts is the true arm's alone: say so before any learned run.
+            verdict = ("learned arm not yet run" if clear else "excluded: the true arm does not clearly beat "
+                       "random at this budget" + _protocol_note(len(t), s.steps * s.frame_skip,
+                                                                ATARI_TARGET_MIN_FRAMES))
             atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | {_fmt(float(s.random['mean']))} | {_fmt(tm)} "
-                         f"| — | {beat} | — | learned arm not yet run |")
+                         f"| — | {beat} | — | {verdict} |")
         for budget, members in sorted(learned_groups):
             lm = float(np.mean([r.final_true_return for r in members]))
             seeds = min(len(t), len(members))

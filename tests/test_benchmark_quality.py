@@ -222,6 +222,25 @@ def test_negative_true_returns_are_judged_by_the_normalised_score(bq, tmp_path):
             "(provisional: 1 of 3 seeds) |") in page
 
 
+def test_a_game_is_excluded_on_its_true_arm_alone(bq, tmp_path):
+    """Whether a game counts is decided by the true arm; the page says so before any
+    learned run exists."""
+    out = tmp_path / "runs"
+    plan = [s for s in bq.build_plan(["qbert", "seaquest"], [0], [], out) if s.arm == "true"]
+    bq.write_setting_files(plan, [])
+    for spec in plan:
+        _fake_run(spec.run_dir, spec.task, spec.arm, spec.seed, 0, 250.0, spec.steps)
+    (out / "qbert" / "250000steps" / "random.json").write_text(json.dumps({"episodes": 10, "mean": 172.5,
+                                                                             "std": 139.4}))
+    (out / "seaquest" / "250000steps" / "random.json").write_text(json.dumps({"episodes": 10, "mean": 80.0,
+                                                                                "std": 20.0}))
+    page = bq.write_results(out, tmp_path / "docs" / "results.md").read_text()
+    # Qbert: 77.5 above random, pooled std sqrt(139.4^2 / 2) = 98.6.
+    assert ("| qbert | 1,000,000 | 172.5 | 250.0 | — | no (77.5 ≤ 2 × 98.6) | — | excluded: the true arm "
+            "does not clearly beat random at this budget (provisional: 1 of 3 seeds) |") in page
+    assert "| seaquest | 1,000,000 | 80.0 | 250.0 | — | yes (170.0 > 2 × 14.1) | — | learned arm not yet run |" in page
+
+
 def test_records_survive_the_run_folders(bq, tmp_path):
     """A fresh clone has the records but not the runs: the page keeps the numbers and
     the plan does not run them again."""
