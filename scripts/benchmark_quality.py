@@ -828,11 +828,11 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
         beat = (f"yes ({_fmt(margin)} > {CLEAR_MARGIN:g} × {_fmt(pooled)})" if clear
                 else f"no ({_fmt(margin)} ≤ {CLEAR_MARGIN:g} × {_fmt(pooled)})")
         tm = float(np.mean(finals))
+        excluded = ("excluded: the true arm does not clearly beat random at this budget"
+                    + _protocol_note(len(t), s.steps * s.frame_skip, ATARI_TARGET_MIN_FRAMES))
         if not learned_groups:
             # Whether the game counts is the true arm's alone: say so before any learned run.
-            verdict = ("learned arm not yet run" if clear else "excluded: the true arm does not clearly beat "
-                       "random at this budget" + _protocol_note(len(t), s.steps * s.frame_skip,
-                                                                ATARI_TARGET_MIN_FRAMES))
+            verdict = "learned arm not yet run" if clear else excluded
             atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | {_fmt(float(s.random['mean']))} | {_fmt(tm)} "
                          f"| — | {beat} | — | {verdict} |")
         for budget, members in sorted(learned_groups):
@@ -845,7 +845,7 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
                 verdict = ("**MET**" if n >= ATARI_TARGET_NORMALISED else "**NOT MET**") + note
             else:
                 ntxt = "— (excluded)"
-                verdict = "excluded: the true arm does not clearly beat random at this budget"
+                verdict = excluded
             atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | {_fmt(float(s.random['mean']))} | {_fmt(tm)} "
                          f"| {_fmt(lm)} ({budget} labels) | {beat} | {ntxt} | {verdict} |")
     return mujoco, atari
