@@ -31,7 +31,8 @@ Default budgets (one developer machine: 2 cores, CPU only; see DEFAULT_STEPS):
   unscaled, a 1M-frame run sees T ≪ c and asks for its labels at a constant rate, where
   the paper asks for most of them early.
 * Every learned run collects 25% of its budget from the random policy before RL starts
-  (the paper's MuJoCo rule; ``labels.initial_labels``), the rest on the preset's schedule.
+  (the paper's MuJoCo rule; ``labels.initial_labels``), the rest on the preset's schedule
+  (on Atari with ``c`` scaled as above).
 
 Usage::
 
@@ -1019,8 +1020,9 @@ def write_results(out: Path, results: Path) -> Path:
         "collected from the random policy before RL starts. Atari label budget: the paper's 3,300 labels "
         f"for 50M frames scaled by frames, max({ATARI_LABEL_FLOOR}, round(3300 × frames / 50M)) "
         f"({ATARI_LABEL_FLOOR} at 1M frames); the label rate's constant c (rate ∝ c / (T + c)) is scaled "
-        "by frames too, preset c × frames / 50M (100,000 agent steps at 1M frames), so that most labels "
-        "come early as in the paper. Atari reward training is the presets' CPU workload, not the "
+        "by frames too, preset c × frames / 50M "
+        f"({atari_rate_constant(ATARI_DEFAULT_STEPS, 4, load_preset('breakout').labels.rate_constant):,} agent "
+        "steps at 1M frames for Breakout), so that most labels come early as in the paper. Atari reward training is the presets' CPU workload, not the "
         "paper's: the loss sees 8 random frames of each 25-step clip and a refit trains on at most "
         "`reward.max_pairs_per_update` pairs per member, and the CNN has no dropout (the paper's 0.5 kept it "
         "from learning at these budgets; findings) (each run's `config.json` holds its settings). "
