@@ -849,6 +849,8 @@ def target_rows(settings: Sequence[Setting]) -> tuple[list[str], list[str]]:
                 verdict = excluded
             atari.append(f"| {s.task} | {s.steps * s.frame_skip:,} | {_fmt(float(s.random['mean']))} | {_fmt(tm)} "
                          f"| {_fmt(lm)} ({budget} labels) | {beat} | {ntxt} | {verdict} |")
+    measured = {s.task for s in settings if s.domain == "atari"}
+    atari += [f"| {task} | — | — | — | — | — | — | not yet run |" for task in ATARI_TASKS if task not in measured]
     return mujoco, atari
 
 

@@ -239,6 +239,9 @@ def test_a_game_is_excluded_on_its_true_arm_alone(bq, tmp_path):
     assert ("| qbert | 1,000,000 | 172.5 | 250.0 | — | no (77.5 ≤ 2 × 98.6) | — | excluded: the true arm "
             "does not clearly beat random at this budget (provisional: 1 of 3 seeds) |") in page
     assert "| seaquest | 1,000,000 | 80.0 | 250.0 | — | yes (170.0 > 2 × 14.1) | — | learned arm not yet run |" in page
+    # Every suite game has a row: the ones never run say so.
+    assert "| beamrider | — | — | — | — | — | — | not yet run |" in page
+    assert "| qbert | — |" not in page
 
 
 def test_records_survive_the_run_folders(bq, tmp_path):
