@@ -143,6 +143,19 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_FILE
 
 
+def resumed_logs_dir(run_dir: str | os.PathLike, step: int) -> Path:
+    """Where a session resumed at ``step`` logs: the interrupted session's ``logs/`` stays as it was."""
+    return Path(run_dir) / "logs" / f"resumed_at_{step}"
+
+
+def progress_files(run_dir: str | os.PathLike) -> list[Path]:
+    """A run's SB3 ``progress.csv`` files that exist, the first session's and then each
+    resumed session's in step order (the last one is the newest session's)."""
+    logs = Path(run_dir) / "logs"
+    resumed = sorted(logs.glob("resumed_at_*/progress.csv"), key=lambda p: int(p.parent.name.rpartition("_")[2]))
+    return [path for path in [logs / "progress.csv", *resumed] if path.is_file()]
+
+
 def write_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
     """Write a run's checkpoint atomically: the previous one stays until this one is
     complete on disk (a crash or a full disk mid-write leaves the previous one).

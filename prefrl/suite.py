@@ -432,7 +432,11 @@ class RunProgress:
         self.read_files(run_dir)
 
     def read_files(self, run_dir: Path) -> None:
-        row = _tail_row(run_dir / "logs" / "progress.csv")
+        from prefrl.checkpoint import progress_files
+
+        # A resumed run logs on in its newest session's file.
+        logs = progress_files(run_dir)
+        row = _tail_row(logs[-1]) if logs else {}
         # SB3 leaves a key empty in rows where it was not logged: keep the last value.
         steps = _float(row.get("time/total_timesteps"))
         labels = _float(row.get("labels/used"))

@@ -97,6 +97,7 @@ from prefrl.checkpoint import (
     restore_attributes,
     run_dir_lock,
     restore_global_rng_states,
+    resumed_logs_dir,
     restore_vec_env,
     setting_differences,
     write_checkpoint,
@@ -1342,7 +1343,7 @@ def _train(preset: Preset, *, arm: str, seed: int, paths: RunPaths, teacher_kind
             raise PrefrlError(f"the checkpoint {checkpoint_path(run_dir)} does not fit these settings "
                               f"({str(exc).splitlines()[0]}); resume with the settings that started the run") from None
         # The interrupted session's log stays as it is; this session logs beside it.
-        logs = logs / f"resumed_at_{model.num_timesteps}"
+        logs = resumed_logs_dir(run_dir, model.num_timesteps)
         print(f"resuming {run_dir} at step {model.num_timesteps:,} of {p.total_steps:,}", flush=True)
     model.set_logger(configure(str(logs), ["csv", "tensorboard"]))
     stop = StopRequest()

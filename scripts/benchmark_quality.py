@@ -456,8 +456,10 @@ def run_one(spec_path: Path) -> int:
 def current_step(run_dir: Path) -> int:
     """Env steps a running run has logged so far (SB3's progress.csv; a resumed run logs
     to ``logs/resumed_at_<step>/`` from its checkpoint on)."""
+    from prefrl.checkpoint import progress_files
+
     logged = 0
-    for path in [run_dir / "logs" / "progress.csv", *(run_dir / "logs").glob("resumed_at_*/progress.csv")]:
+    for path in progress_files(run_dir):
         try:
             with open(path, newline="") as fh:
                 rows = list(csv.DictReader(fh))

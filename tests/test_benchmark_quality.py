@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from prefrl.checkpoint import progress_files
 from prefrl.errors import PrefrlError
 from prefrl.labels import LabelSchedule
 from prefrl.presets import load_preset
@@ -334,3 +335,7 @@ def test_current_step_follows_a_resumed_run(bq, tmp_path):
     # After a resume the old file stops and the run logs on in logs/resumed_at_<step>/.
     (logs / "resumed_at_2048" / "progress.csv").write_text("time/total_timesteps,x\n3072,0\n4096,\n")
     assert bq.current_step(tmp_path) == 4096
+    # Sessions in step order, not name order (resumed_at_10240 sorts before _2048 as text).
+    (logs / "resumed_at_10240").mkdir()
+    (logs / "resumed_at_10240" / "progress.csv").write_text("time/total_timesteps\n11264\n")
+    assert [p.parent.name for p in progress_files(tmp_path)] == ["logs", "resumed_at_2048", "resumed_at_10240"]

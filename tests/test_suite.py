@@ -199,6 +199,12 @@ def test_progress_is_read_from_a_growing_log(tmp_path):
     console.print(progress_table(sweep, [progress] + [RunProgress(s) for s in sweep.runs[2:]]))
     text = console.file.getvalue()
     assert "cartpole__learned-20__s0" in text and "256 / 512" in text and "1 running, 2 queued" in text
+    # A resumed run logs on in logs/resumed_at_<step>/: its newest session's numbers are read.
+    (run_dir / "logs" / "resumed_at_256").mkdir()
+    (run_dir / "logs" / "resumed_at_256" / "progress.csv").write_text(
+        "time/total_timesteps,labels/used,rollout/ep_rew_mean\n384,17,-3\n512,20,-1\n")
+    progress.read_files(run_dir)
+    assert (progress.steps, progress.labels, progress.train_return) == (512, 20, -1.0)
 
 
 def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path):
