@@ -148,12 +148,18 @@ def resumed_logs_dir(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / "logs" / f"resumed_at_{step}"
 
 
-def progress_files(run_dir: str | os.PathLike) -> list[Path]:
-    """A run's SB3 ``progress.csv`` files that exist, the first session's and then each
-    resumed session's in step order (the last one is the newest session's)."""
+def progress_files(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
+    """A run's SB3 ``progress.csv`` files that exist with the env step each session
+    started at: the first session's (step 0), then each resumed session's in step order
+    (the last one is the newest session's). A session's rows beyond the next session's
+    start step were logged after the checkpoint it resumed from, and were redone."""
     logs = Path(run_dir) / "logs"
-    resumed = sorted(logs.glob("resumed_at_*/progress.csv"), key=lambda p: int(p.parent.name.rpartition("_")[2]))
-    return [path for path in [logs / "progress.csv", *resumed] if path.is_file()]
+    sessions = [(0, logs / "progress.csv")]
+    for path in logs.glob("resumed_at_*/progress.csv"):
+        step = path.parent.name.rpartition("_")[2]
+        if step.isdigit():
+            sessions.append((int(step), path))
+    return [(step, path) for step, path in sorted(sessions) if path.is_file()]
 
 
 def write_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:

@@ -15,7 +15,8 @@ inline, there is no script. Sections:
 6. every run: its settings, numbers and the first frame of each of its videos
    (``prefrl video``), linked to the video file.
 
-The per-step numbers come from each run's ``logs/progress.csv`` (SB3's logger):
+The per-step numbers come from each run's ``logs/progress.csv`` (SB3's logger; a resumed run's
+sessions joined at the checkpoint steps):
 ``labels/used``, ``reward/val_accuracy``, ``reward/segment_return_corr``,
 ``rollout/learned_ep_return`` and ``rollout/ep_rew_mean`` against ``time/total_timesteps``.
 """
@@ -36,6 +37,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from prefrl.checkpoint import progress_files
 from prefrl.report import GroupRow, RunResult, find_run_dirs, load_run, plot_curves, summarize
 
 #: Where ``prefrl video`` may have left videos, relative to a run directory.
@@ -65,13 +67,19 @@ code { font-size: 0.95em; }
 
 
 def read_progress(run_dir: Path) -> dict[str, np.ndarray]:
-    """Columns of a run's ``logs/progress.csv`` as float arrays (NaN where a row has no
-    value: SB3 leaves keys empty in rows where they were not logged)."""
-    path = run_dir / "logs" / "progress.csv"
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    """Columns of a run's SB3 ``progress.csv`` as float arrays (NaN where a row has no
+    value: SB3 leaves keys empty in rows where they were not logged). A resumed run's
+    sessions are joined: each session's rows up to the step the next one resumed at
+    (the later rows were logged after the checkpoint and redone by the next session)."""
+    sessions = progress_files(run_dir)
+    rows: list[dict[str, str]] = []
+    for index, (_, path) in enumerate(sessions):
+        with open(path, newline="") as fh:
+            session_rows = list(csv.DictReader(fh))
+        if index + 1 < len(sessions):
+            resumed_at = sessions[index + 1][0]
+            session_rows = [row for row in session_rows if _step(row) <= resumed_at]
+        rows.extend(session_rows)
     columns: dict[str, list[float]] = defaultdict(list)
     keys = {k for row in rows for k in row if k}
     for row in rows:
@@ -82,6 +90,14 @@ def read_progress(run_dir: Path) -> dict[str, np.ndarray]:
             except ValueError:
                 columns[key].append(math.nan)
     return {k: np.asarray(v, dtype=np.float64) for k, v in columns.items()}
+
+
+def _step(row: dict[str, str]) -> float:
+    """A progress row's env step (rows without one sort first: they are kept)."""
+    try:
+        return float(row.get("time/total_timesteps") or "-inf")
+    except ValueError:
+        return -math.inf
 
 
 def series(progress: dict[str, np.ndarray], key: str) -> tuple[np.ndarray, np.ndarray]:

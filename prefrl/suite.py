@@ -434,11 +434,11 @@ class RunProgress:
     def read_files(self, run_dir: Path) -> None:
         from prefrl.checkpoint import progress_files
 
-        # A resumed run logs on in its newest session's file.
+        # A resumed run logs on in its newest session's file (from the checkpoint's step).
         logs = progress_files(run_dir)
-        row = _tail_row(logs[-1]) if logs else {}
+        row = _tail_row(logs[-1][1]) if logs else {}
         # SB3 leaves a key empty in rows where it was not logged: keep the last value.
-        steps = _float(row.get("time/total_timesteps"))
+        steps = _float(row.get("time/total_timesteps")) or (float(logs[-1][0]) if logs else None)
         labels = _float(row.get("labels/used"))
         train_return = _float(row.get("rollout/ep_rew_mean"))
         if steps is not None:

@@ -454,20 +454,21 @@ def run_one(spec_path: Path) -> int:
 
 
 def current_step(run_dir: Path) -> int:
-    """Env steps a running run has logged so far (SB3's progress.csv; a resumed run logs
-    to ``logs/resumed_at_<step>/`` from its checkpoint on)."""
+    """Env steps a running run has logged so far: the last row of its newest session's
+    SB3 progress.csv (a resumed run logs to ``logs/resumed_at_<step>/`` from its
+    checkpoint on, and redoes the steps the interrupted session took after it)."""
     from prefrl.checkpoint import progress_files
 
-    logged = 0
-    for path in progress_files(run_dir):
-        try:
-            with open(path, newline="") as fh:
-                rows = list(csv.DictReader(fh))
-            if rows:
-                logged = max(logged, int(float(rows[-1].get("time/total_timesteps") or 0)))
-        except (OSError, ValueError, csv.Error):
-            pass
-    return logged
+    sessions = progress_files(run_dir)
+    if not sessions:
+        return 0
+    start, path = sessions[-1]
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        return int(float(rows[-1].get("time/total_timesteps") or start)) if rows else start
+    except (OSError, ValueError, csv.Error):
+        return start
 
 
 def log_stem(run_dir: Path) -> str:

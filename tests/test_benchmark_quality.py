@@ -329,8 +329,13 @@ def test_random_baseline_is_measured_again_when_the_task_changes(bq, tmp_path):
 def test_current_step_follows_a_resumed_run(bq, tmp_path):
     assert bq.current_step(tmp_path) == 0  # nothing logged yet
     logs = tmp_path / "logs"
-    (logs / "resumed_at_2048").mkdir(parents=True)
-    (logs / "progress.csv").write_text("time/total_timesteps,x\n1024,0\n2048,0\n")
+    (logs / "progress.csv").parent.mkdir(parents=True)
+    (logs / "progress.csv").write_text("time/total_timesteps,x\n1024,0\n2048,0\n3072,0\n")
+    assert bq.current_step(tmp_path) == 3072
+    # Resumed from the checkpoint at 2048: the steps after it are being redone, and the
+    # new session's file is empty until its first row.
+    (logs / "resumed_at_2048").mkdir()
+    (logs / "resumed_at_2048" / "progress.csv").write_text("")
     assert bq.current_step(tmp_path) == 2048
     # After a resume the old file stops and the run logs on in logs/resumed_at_<step>/.
     (logs / "resumed_at_2048" / "progress.csv").write_text("time/total_timesteps,x\n3072,0\n4096,\n")
@@ -338,4 +343,5 @@ def test_current_step_follows_a_resumed_run(bq, tmp_path):
     # Sessions in step order, not name order (resumed_at_10240 sorts before _2048 as text).
     (logs / "resumed_at_10240").mkdir()
     (logs / "resumed_at_10240" / "progress.csv").write_text("time/total_timesteps\n11264\n")
-    assert [p.parent.name for p in progress_files(tmp_path)] == ["logs", "resumed_at_2048", "resumed_at_10240"]
+    assert [(step, p.parent.name) for step, p in progress_files(tmp_path)] == [
+        (0, "logs"), (2048, "resumed_at_2048"), (10240, "resumed_at_10240")]

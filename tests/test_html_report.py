@@ -8,9 +8,11 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from prefrl.cli import main
+from prefrl.html_report import read_progress
 from prefrl.presets import load_preset
 from prefrl.training import RunPaths, train
 
@@ -95,3 +97,17 @@ def test_page_in_headless_chromium(page, runs_root):
     assert "learned (20 labels)" in body and "true reward" in body
     assert shot.stat().st_size > 50_000
     print(f"screenshot: {shot}")
+
+
+def test_progress_of_a_resumed_run_joins_its_sessions(tmp_path):
+    logs = tmp_path / "logs"
+    (logs / "resumed_at_2048").mkdir(parents=True)
+    # The first session logged on past its last checkpoint (2048) before it was stopped;
+    # the resumed session redid those steps, so only its rows count from 2048 on.
+    (logs / "progress.csv").write_text("time/total_timesteps,a\n1024,1\n2048,2\n3072,99\n")
+    (logs / "resumed_at_2048" / "progress.csv").write_text("time/total_timesteps,a,b\n3072,3,\n4096,4,7\n")
+    progress = read_progress(tmp_path)
+    assert progress["time/total_timesteps"].tolist() == [1024, 2048, 3072, 4096]
+    assert progress["a"].tolist() == [1, 2, 3, 4]
+    assert np.isnan(progress["b"][:3]).all() and progress["b"][3] == 7
+    assert read_progress(tmp_path / "no-run") == {}
