@@ -32,10 +32,6 @@ DEMO_OVERRIDES = (
     "eval.episodes=5",
 )
 
-
-
-
-
 #: Seconds between checkpoints of a run unless --checkpoint-every says otherwise.
 DEFAULT_CHECKPOINT_SECONDS = 600.0
 _DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
@@ -75,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=positive_int, help="env steps (overrides ppo.total_steps)")
     train.add_argument("--seed", type=non_negative_int, default=0)
     train.add_argument("--run-dir", type=Path, help="default runs/<task>__<arm>__<seed>__<time>")
-    train.add_argument("--clips-dir", type=Path, help="clip pairs and label database (default clips/<run name>)")
+    train.add_argument("--clips-dir", type=Path,
+                       help="clip pairs and label database (default clips/<run name>; with --run-dir, "
+                            "that folder's path below runs/ joined by __)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                        help="override a preset setting, e.g. --set ppo.n_envs=4 (repeatable)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -132,7 +130,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     paths = default_paths(preset.task.name, arm, args.seed)
     if args.run_dir is not None:
         paths = RunPaths(run_dir=args.run_dir, clips_dir=_stored_clips_dir(args.run_dir)
-                         or Path("clips") / args.run_dir.resolve().name)
+                         or default_clips_dir(args.run_dir))
     if args.clips_dir is not None:
         paths = RunPaths(run_dir=paths.run_dir, clips_dir=args.clips_dir)
     if args.labels_from is not None and not (args.labels_from / "labels.sqlite").is_file():
@@ -161,6 +159,22 @@ def _resume_command(args: argparse.Namespace, paths) -> str:
     if args.run_dir is None:
         command += f" --run-dir {shlex.quote(str(paths.run_dir))}"
     return command
+
+
+def default_clips_dir(run_dir: Path) -> Path:
+    """``clips/<run name>`` for a run folder given with ``--run-dir``, the name unique per
+    folder: ``runs/sweep/a/seed0`` -> ``clips/sweep__a__seed0`` (its path below ``runs/``,
+    or else below the working directory); a folder elsewhere gets its own name and a short
+    hash of its full path. Two runs must never share a label database, and folders named
+    alike (``.../a/seed0``, ``.../b/seed0``) are common."""
+    import hashlib
+
+    resolved, here = run_dir.resolve(), Path.cwd().resolve()
+    for base in (here / "runs", here):
+        if resolved.is_relative_to(base) and resolved != base:
+            return Path("clips") / "__".join(resolved.relative_to(base).parts)
+    digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:8]
+    return Path("clips") / f"{resolved.name or 'run'}-{digest}"
 
 
 def _stored_clips_dir(run_dir: Path) -> Path | None:

@@ -65,3 +65,16 @@ def test_train_and_compare_from_the_command_line(tmp_path):
     done = run_cli("compare", str(tmp_path), "--out", str(tmp_path / "cmp"))
     assert done.returncode == 0, done.stderr
     assert "pendulum" in done.stdout and (tmp_path / "cmp" / "comparison.png").is_file()
+
+
+def test_run_folders_named_alike_get_their_own_clips_folders(tmp_path, monkeypatch):
+    from prefrl.cli import default_clips_dir
+
+    monkeypatch.chdir(tmp_path)
+    # Sweeps name run folders alike (.../uniform/seed3, .../disagreement/seed3): two runs
+    # sharing a label database would stop the second at its first query.
+    assert default_clips_dir(Path("runs/qsel/uniform/seed3")) == Path("clips/qsel__uniform__seed3")
+    assert default_clips_dir(Path("runs/qsel/disagreement/seed3")) == Path("clips/qsel__disagreement__seed3")
+    assert default_clips_dir(tmp_path / "elsewhere" / "seed3") == Path("clips/elsewhere__seed3")
+    outside = [default_clips_dir(Path(f"/{top}/seed3")) for top in ("a", "b")]
+    assert outside[0] != outside[1] and all(p.parent == Path("clips") and p.name.startswith("seed3-") for p in outside)
