@@ -21,7 +21,7 @@ from prefrl.errors import PrefrlError
 DEMO_TASK = "invertedpendulum"
 # 800 labels: with 400 the learned arm failed on 3 seeds of 3 (2026-12-01, ~90 steps
 # balanced: a young reward model charges large actions, which fell sooner in the random
-# policy's clips); with 800 it reached 1000 on 2 of 3 (60k steps: 3 of 5, no better).
+# policy's clips); with 800 it reached 1000 on 4 of 5 (60k steps: 3 of 5, no better).
 # Findings on the results page; scripts/reward_sensitivity.py shows such rewards.
 DEMO_OVERRIDES = (
     "ppo.total_steps=40000",

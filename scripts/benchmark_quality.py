@@ -945,8 +945,9 @@ def limits(settings: Sequence[Setting]) -> list[str]:
             notes.append(f"- {s.task}: {s.steps:,} env steps per run, the preset's full budget is "
                          f"{preset_steps:,}. {trend_note(s)}")
         if len(seeds) < TARGET_SEEDS:
-            notes.append(f"- {s.task}: {len(seeds)} seed(s) only; the spread over seeds is not measured "
-                         "and a verdict is provisional.")
+            spread = "not measured" if len(seeds) == 1 else f"measured on {len(seeds)} seeds only"
+            notes.append(f"- {s.task}: {len(seeds)} of {TARGET_SEEDS} seeds; the spread over seeds is "
+                         f"{spread} and a verdict is provisional.")
         ev = load_preset(s.task, s.overrides).eval
         how = "deterministic" if ev.deterministic else "sampled-action"
         notes.append(f"- {s.task}: each final return is one evaluation of {ev.episodes} {how} "
