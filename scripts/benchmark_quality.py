@@ -442,15 +442,32 @@ def _watch_parent(parent: int) -> None:
 
 def run_one(spec_path: Path) -> int:
     """Child process: one ``train`` call from a spec file."""
-    from prefrl.training import RunPaths, train
+    from prefrl.training import RunInterrupted, RunPaths, train
 
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     spec = RunSpec.from_json(json.loads(spec_path.read_text()))
     preset = load_preset(spec.task, list(spec.overrides))
-    summary = train(preset, arm=spec.arm, seed=spec.seed,
-                    paths=RunPaths(spec.run_dir, spec.run_dir / "clips"), progress=False)
+    try:
+        summary = train(preset, arm=spec.arm, seed=spec.seed,
+                        paths=RunPaths(spec.run_dir, spec.run_dir / "clips"), progress=False)
+    except RunInterrupted as exc:  # stopped by a signal, its checkpoint written: not a failure
+        print(f"benchmark_quality: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_status
     print(json.dumps(summary), flush=True)
     return 0
+
+
+#: Exit statuses of a run stopped by SIGINT / SIGTERM after writing its checkpoint.
+INTERRUPTED_STATUSES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def run_status(rc: int, finished: bool, seconds: float, log: Path) -> str:
+    """What the plan prints when a run's process ends."""
+    if rc == 0 and finished:
+        return f"finished in {seconds / 60:.1f} min"
+    if rc in INTERRUPTED_STATUSES:
+        return "interrupted, its checkpoint kept: rerun the same command to resume it"
+    return f"FAILED (exit {rc}), see {log}"
 
 
 def current_step(run_dir: Path) -> int:
@@ -580,8 +597,7 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
                     finished_steps += spec.steps
                     runs_done += 1
                     ok = rc == 0 and is_finished(spec)
-                    log = out / "logs" / f"{log_stem(spec.run_dir)}.log"
-                    status = f"finished in {seconds / 60:.1f} min" if ok else f"FAILED (exit {rc}), see {log}"
+                    status = run_status(rc, ok, seconds, out / "logs" / f"{log_stem(spec.run_dir)}.log")
                     progress.console.print(f"{spec.label}: {status}")
                     if ok and on_finished is not None:
                         try:
@@ -1200,9 +1216,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             publish()
         finally:
             lock.unlink(missing_ok=True)
-        failed = [s.label for s, rc in results if rc != 0]
-        print(f"wrote {args.results}" + (f"; failed runs: {', '.join(failed)}" if failed else ""))
-        return 1 if failed else 0
+        failed = [s.label for s, rc in results if rc != 0 and rc not in INTERRUPTED_STATUSES]
+        stopped = [s.label for s, rc in results if rc in INTERRUPTED_STATUSES]
+        print(f"wrote {args.results}" + (f"; failed runs: {', '.join(failed)}" if failed else "")
+              + (f"; interrupted (rerun to resume): {', '.join(stopped)}" if stopped else ""))
+        return 1 if failed else (130 if stopped else 0)
     except PrefrlError as exc:
         print(f"benchmark_quality: error: {exc}", file=sys.stderr)
         return 2

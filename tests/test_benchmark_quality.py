@@ -345,3 +345,13 @@ def test_current_step_follows_a_resumed_run(bq, tmp_path):
     (logs / "resumed_at_10240" / "progress.csv").write_text("time/total_timesteps\n11264\n")
     assert [(step, p.parent.name) for step, p in progress_files(tmp_path)] == [
         (0, "logs"), (2048, "resumed_at_2048"), (10240, "resumed_at_10240")]
+
+
+def test_an_interrupted_run_is_not_reported_as_failed(bq, tmp_path):
+    log = tmp_path / "run.log"
+    assert bq.run_status(0, True, 90.0, log) == "finished in 1.5 min"
+    # A run stopped by a signal has written its checkpoint: the plan resumes it.
+    for rc in (130, 143):
+        assert "rerun the same command to resume" in bq.run_status(rc, False, 5.0, log)
+    assert bq.run_status(1, False, 5.0, log) == f"FAILED (exit 1), see {log}"
+    assert bq.run_status(0, False, 5.0, log).startswith("FAILED")  # exit 0 without a summary
