@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import csv
 import io
 import json
 import os
@@ -160,6 +161,42 @@ def progress_files(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
         if step.isdigit():
             sessions.append((int(step), path))
     return [(step, path) for step, path in sorted(sessions) if path.is_file()]
+
+
+def tail_row(path: str | os.PathLike) -> dict[str, str]:
+    """The header and last complete row of a CSV file that another process appends to
+    ({} if there is none yet).
+
+    Reads only the first line and the file's end, so polling large logs stays cheap.
+    """
+    try:
+        with open(path, "rb") as fh:
+            header = fh.readline().decode(errors="replace").strip()
+            fh.seek(0, os.SEEK_END)
+            size = fh.tell()
+            fh.seek(max(0, size - 65536))
+            tail = fh.read().decode(errors="replace")
+    except OSError:
+        return {}
+    lines = [line for line in tail.split("\n")[:-1] if line.strip()]  # the last piece may be half written
+    if not header or not lines or lines[-1].strip() == header:
+        return {}
+    keys = next(csv.reader([header]))
+    values = next(csv.reader([lines[-1]]))
+    if len(values) != len(keys):
+        return {}
+    return dict(zip(keys, values))
+
+
+def newest_progress(run_dir: str | os.PathLike) -> tuple[int, dict[str, str]] | None:
+    """A live run's newest numbers: ``(env step its newest session started at, that
+    session's last complete progress.csv row)``; None if it has logged nothing. A resumed
+    session redoes the steps after its checkpoint, so the older sessions' rows are stale."""
+    sessions = progress_files(run_dir)
+    if not sessions:
+        return None
+    start, path = sessions[-1]
+    return start, tail_row(path)
 
 
 def write_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:

@@ -43,7 +43,6 @@ shares at the same path, and prefrl must be installed on every node.
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
@@ -370,30 +369,6 @@ def _short_error(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- live progress
 
 
-def _tail_row(path: Path) -> dict[str, str]:
-    """The header and last complete row of a CSV file that another process appends to.
-
-    Reads only the first line and the file's end, so polling large logs stays cheap.
-    """
-    try:
-        with open(path, "rb") as fh:
-            header = fh.readline().decode(errors="replace").strip()
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 65536))
-            tail = fh.read().decode(errors="replace")
-    except OSError:
-        return {}
-    lines = [line for line in tail.split("\n")[:-1] if line.strip()]  # the last piece may be half written
-    if not header or not lines or lines[-1].strip() == header:
-        return {}
-    keys = next(csv.reader([header]))
-    values = next(csv.reader([lines[-1]]))
-    if len(values) != len(keys):
-        return {}
-    return dict(zip(keys, values))
-
-
 def _float(text: str | None) -> float | None:
     try:
         value = float(text) if text not in (None, "") else None
@@ -432,22 +407,23 @@ class RunProgress:
         self.read_files(run_dir)
 
     def read_files(self, run_dir: Path) -> None:
-        from prefrl.checkpoint import progress_files
+        from prefrl.checkpoint import newest_progress, tail_row
 
-        # A resumed run logs on in its newest session's file (from the checkpoint's step).
-        logs = progress_files(run_dir)
-        row = _tail_row(logs[-1][1]) if logs else {}
+        # A resumed run logs on in its newest session's file, from its checkpoint's step.
+        start, row = newest_progress(run_dir) or (None, {})
         # SB3 leaves a key empty in rows where it was not logged: keep the last value.
-        steps = _float(row.get("time/total_timesteps")) or (float(logs[-1][0]) if logs else None)
+        steps = _float(row.get("time/total_timesteps"))
         labels = _float(row.get("labels/used"))
         train_return = _float(row.get("rollout/ep_rew_mean"))
+        if steps is None:
+            steps = start
         if steps is not None:
-            self.steps = max(self.steps, int(steps))
+            self.steps = int(steps)  # not the interrupted session's larger step
         if labels is not None:
             self.labels = int(labels)
         if train_return is not None:
             self.train_return = train_return
-        evaluation = _tail_row(run_dir / "eval.csv")
+        evaluation = tail_row(run_dir / "eval.csv")
         eval_return, eval_step = _float(evaluation.get("mean_true_return")), _float(evaluation.get("step"))
         if eval_return is not None:
             self.eval_return = eval_return

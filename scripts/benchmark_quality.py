@@ -45,7 +45,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -474,17 +473,12 @@ def current_step(run_dir: Path) -> int:
     """Env steps a running run has logged so far: the last row of its newest session's
     SB3 progress.csv (a resumed run logs to ``logs/resumed_at_<step>/`` from its
     checkpoint on, and redoes the steps the interrupted session took after it)."""
-    from prefrl.checkpoint import progress_files
+    from prefrl.checkpoint import newest_progress
 
-    sessions = progress_files(run_dir)
-    if not sessions:
-        return 0
-    start, path = sessions[-1]
+    start, row = newest_progress(run_dir) or (0, {})
     try:
-        with open(path, newline="") as fh:
-            rows = list(csv.DictReader(fh))
-        return int(float(rows[-1].get("time/total_timesteps") or start)) if rows else start
-    except (OSError, ValueError, csv.Error):
+        return int(float(row.get("time/total_timesteps") or start))
+    except ValueError:
         return start
 
 

@@ -16,9 +16,9 @@ from rich.console import Console
 
 from prefrl.cli import main
 from prefrl.errors import PrefrlError
+from prefrl.checkpoint import tail_row
 from prefrl.suite import (
     RunProgress,
-    _tail_row,
     execute_run,
     finished_state,
     load_sweep,
@@ -189,7 +189,7 @@ def test_progress_is_read_from_a_growing_log(tmp_path):
     (run_dir / "logs" / "progress.csv").write_text(
         "time/total_timesteps,labels/used,rollout/ep_rew_mean\n128,9,\n256,13,-7.5\n384,17,-3")  # last row half written
     (run_dir / "eval.csv").write_text("step,mean_true_return,std_true_return,episodes,mean_length\n0,1.5,0,1,9\n")
-    assert _tail_row(run_dir / "logs" / "progress.csv") == {
+    assert tail_row(run_dir / "logs" / "progress.csv") == {
         "time/total_timesteps": "256", "labels/used": "13", "rollout/ep_rew_mean": "-7.5"}
     sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
     progress = RunProgress(sweep.runs[1], state="running")
@@ -205,6 +205,12 @@ def test_progress_is_read_from_a_growing_log(tmp_path):
         "time/total_timesteps,labels/used,rollout/ep_rew_mean\n384,17,-3\n512,20,-1\n")
     progress.read_files(run_dir)
     assert (progress.steps, progress.labels, progress.train_return) == (512, 20, -1.0)
+    # Resumed again from the checkpoint at 384 after logging up to 512: the new session
+    # redoes those steps, and until its first row the run stands at its checkpoint.
+    (run_dir / "logs" / "resumed_at_384").mkdir()
+    (run_dir / "logs" / "resumed_at_384" / "progress.csv").write_text("")
+    progress.read_files(run_dir)
+    assert progress.steps == 384
 
 
 def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path):
