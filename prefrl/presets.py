@@ -26,6 +26,7 @@ from prefrl.errors import PrefrlError
 PRESET_DIR = Path(__file__).resolve().parent.parent / "envs"
 
 DOMAINS = ("mujoco", "atari", "classic")
+ACTIVATIONS = ("tanh", "relu")  # names of ppo.activation: torch.nn.Tanh (SB3's default), ReLU
 QUERY_SELECTIONS = ("uniform", "disagreement", "entropy")
 REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
 #: How the ensemble is refitted beside PPO (prefrl.training.RewardFitter).
@@ -110,6 +111,11 @@ class PPOSettings:
     :param clip_true_reward: clip the true reward to [-1, 1] in the true arm (Atari)
     :param torch_threads: torch CPU threads of the run (0 = torch's default); small MLPs
         run fastest on one thread
+    :param log_std_init: initial log standard deviation of a continuous policy's actions
+        (SB3's default 0: std 1; rl-baselines3-zoo's HalfCheetah and Hopper use -2)
+    :param ortho_init: orthogonal initialisation of the policy and value nets (SB3's default)
+    :param activation: hidden-layer activation of the policy and value nets, ``tanh``
+        (SB3's default) or ``relu``
     """
 
     total_steps: int = 1_000_000
@@ -131,6 +137,9 @@ class PPOSettings:
     normalize_rewards: bool = False
     clip_true_reward: bool = False
     torch_threads: int = 1
+    log_std_init: float = 0.0
+    ortho_init: bool = True
+    activation: str = "tanh"
 
 
 @dataclass(frozen=True)
@@ -461,6 +470,8 @@ def validate(preset: Preset, source: str = "preset") -> None:
         raise bad("task.env_id", t.env_id, "set the Gymnasium id, e.g. 'Hopper-v5'")
     if t.domain not in DOMAINS:
         raise bad("task.domain", t.domain, f"use one of {', '.join(DOMAINS)}")
+    if p.activation not in ACTIVATIONS:
+        raise bad("ppo.activation", p.activation, f"use one of {', '.join(ACTIVATIONS)}")
     if t.on_termination not in ("continue", "reset"):
         raise bad("task.on_termination", t.on_termination, "use continue or reset")
     # The Atari wrapper chain passes ALE's own arguments (frameskip, sticky actions) to

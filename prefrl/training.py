@@ -105,7 +105,7 @@ from prefrl.checkpoint import (
 from prefrl.envs import make_env
 from prefrl.errors import PrefrlError
 from prefrl.labels import LabelSchedule, LabelStore, Preference
-from prefrl.presets import Preset
+from prefrl.presets import PPOSettings, Preset
 from prefrl.queries import draw_queries, make_selector
 from prefrl.reward import RewardModel
 from prefrl.segments import ClipPair, Segment, SegmentBuffer
@@ -180,6 +180,20 @@ def _ignoring_stop_signals(factory):
         return factory()
 
     return in_worker
+
+
+def policy_kwargs(ppo: PPOSettings) -> dict[str, Any]:
+    """SB3 ``policy_kwargs`` of the preset's PPO, the same for both arms.
+
+    :param ppo: the preset's PPO settings
+    """
+    kwargs: dict[str, Any] = {
+        "log_std_init": ppo.log_std_init, "ortho_init": ppo.ortho_init,
+        "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[ppo.activation],
+    }
+    if ppo.policy == "MlpPolicy":  # CnnPolicy keeps SB3's heads on the Nature CNN features
+        kwargs["net_arch"] = list(ppo.net_arch)
+    return kwargs
 
 
 def make_vec_env(
@@ -705,7 +719,9 @@ _TEACHER_RESOURCES = ("store", "settings")
 RESUME_IGNORED_SETTINGS = ("task.description",)
 #: Settings added after runs had checkpoints, with the value that behaves as the
 #: earlier prefrl did: a run started before a setting existed resumes as if it were set so.
-SETTINGS_ADDED_LATER: dict[str, Any] = {"reward.max_pairs_per_update": 0}
+SETTINGS_ADDED_LATER: dict[str, Any] = {
+    "reward.max_pairs_per_update": 0, "ppo.log_std_init": 0.0, "ppo.ortho_init": True, "ppo.activation": "tanh",
+}
 #: ``version -> function(run_dir, config) -> config`` upgrading a run directory of that
 #: layout version to the next (none yet: version 1 is the first with checkpoints).
 RUN_DIR_MIGRATIONS: dict[int, Any] = {}
@@ -1330,8 +1346,7 @@ def _train(preset: Preset, *, arm: str, seed: int, paths: RunPaths, teacher_kind
         p.policy, venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
         learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
         ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-        policy_kwargs={"net_arch": list(p.net_arch)} if p.policy == "MlpPolicy" else None,
-        seed=seed, verbose=verbose, device="cpu",
+        policy_kwargs=policy_kwargs(p), seed=seed, verbose=verbose, device="cpu",
     )
     evals = TrueReturnEvalCallback(eval_env, preset, run_dir / "eval.csv")
     parts = RunParts(model, eval_env, evals, prefs, pretrain_steps=pretrain_steps, session_start=started)

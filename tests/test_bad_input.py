@@ -41,6 +41,7 @@ from prefrl.labels import Choice, LabelStore
 from prefrl.presets import PRESET_DIR, SECTIONS, load_preset
 from prefrl.reward import RewardModel
 from prefrl.segments import ClipPair
+from prefrl.training import policy_kwargs
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clip_fixtures import make_pairs, vector_segment  # noqa: E402
@@ -227,6 +228,7 @@ def test_preset_that_is_not_text_or_a_folder(workdir: Path, capsys: pytest.Captu
         ("reward.hidden_sizes=[0]", ["reward.hidden_sizes = [0]", "at least one unit"]),
         ("ppo.n_steps=1e300", ["ppo.n_steps = ", "give a whole number below 2**53"]),
         ("task.domain=space", ["task.domain = 'space'", "use one of mujoco, atari, classic"]),
+        ("ppo.activation=sigmoid", ["ppo.activation = 'sigmoid'", "use one of tanh, relu"]),
         ("task.domain=atari", ["task.domain = 'atari'", "'CartPole-v1' is not an ALE game", "use mujoco or classic"]),
     ],
 )
@@ -690,7 +692,7 @@ def test_any_preset_file_loads_and_builds_or_is_a_one_line_error(task: str, chan
             PPO(p.policy, venv, n_steps=p.n_steps, batch_size=p.batch_size, n_epochs=p.n_epochs,
                 learning_rate=p.learning_rate, gamma=p.gamma, gae_lambda=p.gae_lambda, clip_range=p.clip_range,
                 ent_coef=p.ent_coef, vf_coef=p.vf_coef, max_grad_norm=p.max_grad_norm,
-                policy_kwargs={"net_arch": list(p.net_arch)}, device="cpu")
+                policy_kwargs=policy_kwargs(p), device="cpu")
             venv.reset()
             for _ in range(3):
                 venv.step(np.stack([venv.action_space.sample()]))

@@ -141,3 +141,27 @@ def test_atari_learned_arm_end_to_end(tmp_path):
     assert steps[0] == 3  # pretraining: 3 epochs of the 4 training labels, one minibatch each
     assert steps[-1] == 1  # a refit of 8 training labels x 10 epochs, capped at 4 pairs
     assert (run_dir / "reward_model.pt").is_file()
+
+
+def test_ppo_policy_settings_reach_the_policy():
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv
+
+    from prefrl.envs import make_env
+    from prefrl.training import policy_kwargs
+
+    def policy(*overrides: str):
+        preset = load_preset("pendulum", list(overrides))
+        venv = DummyVecEnv([lambda: make_env(preset)])
+        try:
+            return PPO(preset.ppo.policy, venv, n_steps=64, batch_size=32,
+                       policy_kwargs=policy_kwargs(preset.ppo), device="cpu", seed=0).policy
+        finally:
+            venv.close()
+
+    default = policy()  # SB3's own defaults: std 1, tanh, orthogonal init
+    assert torch.allclose(default.log_std, torch.zeros_like(default.log_std))
+    assert isinstance(default.mlp_extractor.policy_net[1], torch.nn.Tanh) and default.ortho_init
+    zoo = policy("ppo.log_std_init=-2", "ppo.activation=relu", "ppo.ortho_init=false")
+    assert torch.allclose(zoo.log_std, torch.full_like(zoo.log_std, -2.0))
+    assert isinstance(zoo.mlp_extractor.policy_net[1], torch.nn.ReLU) and not zoo.ortho_init
