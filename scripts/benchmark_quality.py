@@ -569,6 +569,7 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
     results: list[tuple[RunSpec, int]] = []
     finished_steps = done_steps
     runs_done = len(plan) - len(todo)
+    runs_unfinished = 0  # failed or interrupted in this plan
 
     def stop(signum, frame):  # noqa: ARG001
         runner.stop_all()
@@ -588,9 +589,12 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
                     runner.start(queue.pop(0))
                 for spec, rc, seconds in runner.poll():
                     results.append((spec, rc))
-                    finished_steps += spec.steps
-                    runs_done += 1
                     ok = rc == 0 and is_finished(spec)
+                    if ok:  # a failed or interrupted run's steps are still to do
+                        finished_steps += spec.steps
+                        runs_done += 1
+                    else:
+                        runs_unfinished += 1
                     status = run_status(rc, ok, seconds, out / "logs" / f"{log_stem(spec.run_dir)}.log")
                     progress.console.print(f"{spec.label}: {status}")
                     if ok and on_finished is not None:
@@ -600,12 +604,12 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
                             progress.console.print(f"warning: results page not updated ({exc!r})")
                 live = sum(min(current_step(s.run_dir), s.steps) for s in runner.running)
                 names = ", ".join(s.label for s in runner.running)
-                progress.update(bar, completed=finished_steps + live,
-                                info=f"runs {runs_done}/{len(plan)}  now: {names}")
+                runs = f"runs {runs_done}/{len(plan)}" + (f" ({runs_unfinished} not finished)" if runs_unfinished else "")
+                progress.update(bar, completed=finished_steps + live, info=f"{runs}  now: {names}")
                 if show and not tty and time.time() - last_line > 60:  # logs and pipes: a line a minute
                     last_line = time.time()
                     print(f"[{datetime.now():%H:%M:%S}] plan {100 * (finished_steps + live) / total_steps:.0f}% "
-                          f"of {total_steps:,} env steps, runs {runs_done}/{len(plan)}, now: {names}", flush=True)
+                          f"of {total_steps:,} env steps, {runs}, now: {names}", flush=True)
                 time.sleep(2.0)
     except KeyboardInterrupt:
         runner.stop_all()

@@ -355,3 +355,36 @@ def test_an_interrupted_run_is_not_reported_as_failed(bq, tmp_path):
         assert "rerun the same command to resume" in bq.run_status(rc, False, 5.0, log)
     assert bq.run_status(1, False, 5.0, log) == f"FAILED (exit 1), see {log}"
     assert bq.run_status(0, False, 5.0, log).startswith("FAILED")  # exit 0 without a summary
+
+
+def test_the_plan_counts_only_finished_runs_as_done(bq, tmp_path, monkeypatch, capsys):
+    plan = bq.build_plan(["pendulum"], [0], [20], tmp_path)  # a true and a learned run
+    finishes, interrupted = plan
+
+    class ExitAtOnce:
+        """Runs that end as soon as they start: the first with its summary, the second
+        stopped by a signal (exit 130)."""
+
+        def __init__(self, jobs, log_dir):
+            self.running = {}
+
+        def start(self, spec):
+            if spec == finishes:
+                spec.run_dir.mkdir(parents=True)
+                (spec.run_dir / "summary.json").write_text("{}")
+            self.running[spec] = None
+
+        def poll(self):
+            ended = [(spec, 0 if spec == finishes else 130, 1.0) for spec in self.running]
+            self.running.clear()
+            return ended
+
+        def stop_all(self):
+            self.running.clear()
+
+    monkeypatch.setattr(bq, "Runner", ExitAtOnce)
+    results = bq.execute(plan, plan, jobs=2, out=tmp_path)
+    assert sorted(rc for _, rc in results) == [0, 130]
+    line = [text for text in capsys.readouterr().out.splitlines() if text.startswith("[")][-1]
+    # The interrupted run's steps are still to do: half the plan, one run of two done.
+    assert "plan 50% of" in line and "runs 1/2 (1 not finished)" in line
