@@ -26,7 +26,8 @@ from prefrl.errors import PrefrlError
 PRESET_DIR = Path(__file__).resolve().parent.parent / "envs"
 
 DOMAINS = ("mujoco", "atari", "classic")
-ACTIVATIONS = ("tanh", "relu")  # names of ppo.activation: torch.nn.Tanh (SB3's default), ReLU
+#: ppo.activation's names and the torch.nn modules they stand for (tanh is SB3's default).
+ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU"}
 QUERY_SELECTIONS = ("uniform", "disagreement", "entropy")
 REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
 #: How the ensemble is refitted beside PPO (prefrl.training.RewardFitter).

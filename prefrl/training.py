@@ -105,7 +105,7 @@ from prefrl.checkpoint import (
 from prefrl.envs import make_env
 from prefrl.errors import PrefrlError
 from prefrl.labels import LabelSchedule, LabelStore, Preference
-from prefrl.presets import PPOSettings, Preset
+from prefrl.presets import ACTIVATIONS, PPOSettings, Preset
 from prefrl.queries import draw_queries, make_selector
 from prefrl.reward import RewardModel
 from prefrl.segments import ClipPair, Segment, SegmentBuffer
@@ -189,7 +189,7 @@ def policy_kwargs(ppo: PPOSettings) -> dict[str, Any]:
     """
     kwargs: dict[str, Any] = {
         "log_std_init": ppo.log_std_init, "ortho_init": ppo.ortho_init,
-        "activation_fn": {"tanh": torch.nn.Tanh, "relu": torch.nn.ReLU}[ppo.activation],
+        "activation_fn": getattr(torch.nn, ACTIVATIONS[ppo.activation]),
     }
     if ppo.policy == "MlpPolicy":  # CnnPolicy keeps SB3's heads on the Nature CNN features
         kwargs["net_arch"] = list(ppo.net_arch)
