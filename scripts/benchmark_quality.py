@@ -460,11 +460,21 @@ def run_one(spec_path: Path) -> int:
 INTERRUPTED_STATUSES = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
+def run_outcome(rc: int, finished: bool) -> str:
+    """How a run's process ended: ``"finished"`` (exit 0 and its summary written),
+    ``"interrupted"`` (stopped by a signal after writing its checkpoint) or ``"failed"``
+    (any other exit, exit 0 without a summary included)."""
+    if rc == 0 and finished:
+        return "finished"
+    return "interrupted" if rc in INTERRUPTED_STATUSES else "failed"
+
+
 def run_status(rc: int, finished: bool, seconds: float, log: Path) -> str:
     """What the plan prints when a run's process ends."""
-    if rc == 0 and finished:
+    outcome = run_outcome(rc, finished)
+    if outcome == "finished":
         return f"finished in {seconds / 60:.1f} min"
-    if rc in INTERRUPTED_STATUSES:
+    if outcome == "interrupted":
         return "interrupted, its checkpoint kept: rerun the same command to resume it"
     return f"FAILED (exit {rc}), see {log}"
 
@@ -554,10 +564,10 @@ def acquire_lock(out: Path) -> Path:
 
 
 def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Path,
-            on_finished=None, show: bool = True) -> list[tuple[RunSpec, int]]:
+            on_finished=None, show: bool = True) -> list[tuple[RunSpec, str]]:
     """Run ``todo`` with a progress bar over the whole plan (in env steps).
 
-    :return: (spec, exit status) of every run started
+    :return: (spec, :func:`run_outcome`) of every run started
     """
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeElapsedColumn, TimeRemainingColumn)
@@ -566,7 +576,7 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
     done_steps = sum(s.steps for s in plan if s not in todo)
     runner = Runner(jobs, out / "logs")
     queue = list(todo)
-    results: list[tuple[RunSpec, int]] = []
+    results: list[tuple[RunSpec, str]] = []
     finished_steps = done_steps
     runs_done = len(plan) - len(todo)
     runs_unfinished = 0  # failed or interrupted in this plan
@@ -588,8 +598,8 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
                 while queue and len(runner.running) < jobs:
                     runner.start(queue.pop(0))
                 for spec, rc, seconds in runner.poll():
-                    results.append((spec, rc))
                     ok = rc == 0 and is_finished(spec)
+                    results.append((spec, run_outcome(rc, ok)))
                     if ok:  # a failed or interrupted run's steps are still to do
                         finished_steps += spec.steps
                         runs_done += 1
@@ -1214,8 +1224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             publish()
         finally:
             lock.unlink(missing_ok=True)
-        failed = [s.label for s, rc in results if rc != 0 and rc not in INTERRUPTED_STATUSES]
-        stopped = [s.label for s, rc in results if rc in INTERRUPTED_STATUSES]
+        failed = [s.label for s, outcome in results if outcome == "failed"]
+        stopped = [s.label for s, outcome in results if outcome == "interrupted"]
         print(f"wrote {args.results}" + (f"; failed runs: {', '.join(failed)}" if failed else "")
               + (f"; interrupted (rerun to resume): {', '.join(stopped)}" if stopped else ""))
         return 1 if failed else (130 if stopped else 0)

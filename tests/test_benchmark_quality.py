@@ -358,12 +358,14 @@ def test_an_interrupted_run_is_not_reported_as_failed(bq, tmp_path):
 
 
 def test_the_plan_counts_only_finished_runs_as_done(bq, tmp_path, monkeypatch, capsys):
-    plan = bq.build_plan(["pendulum"], [0], [20], tmp_path)  # a true and a learned run
-    finishes, interrupted = plan
+    plan = bq.build_plan(["pendulum"], [0, 1], [20], tmp_path)  # a true and a learned run per seed
+    finishes, interrupted, no_summary, crashes = plan
+    exits = {finishes: 0, interrupted: 130, no_summary: 0, crashes: 1}
 
     class ExitAtOnce:
         """Runs that end as soon as they start: the first with its summary, the second
-        stopped by a signal (exit 130)."""
+        stopped by a signal (exit 130), the third with exit 0 but no summary, the last
+        with exit 1."""
 
         def __init__(self, jobs, log_dir):
             self.running = {}
@@ -375,7 +377,7 @@ def test_the_plan_counts_only_finished_runs_as_done(bq, tmp_path, monkeypatch, c
             self.running[spec] = None
 
         def poll(self):
-            ended = [(spec, 0 if spec == finishes else 130, 1.0) for spec in self.running]
+            ended = [(spec, exits[spec], 1.0) for spec in self.running]
             self.running.clear()
             return ended
 
@@ -383,8 +385,9 @@ def test_the_plan_counts_only_finished_runs_as_done(bq, tmp_path, monkeypatch, c
             self.running.clear()
 
     monkeypatch.setattr(bq, "Runner", ExitAtOnce)
-    results = bq.execute(plan, plan, jobs=2, out=tmp_path)
-    assert sorted(rc for _, rc in results) == [0, 130]
+    results = dict(bq.execute(plan, plan, jobs=4, out=tmp_path))
+    # Exit 0 without a summary is a failure (main's exit status counts it), not a finish.
+    assert results == {finishes: "finished", interrupted: "interrupted", no_summary: "failed", crashes: "failed"}
     line = [text for text in capsys.readouterr().out.splitlines() if text.startswith("[")][-1]
-    # The interrupted run's steps are still to do: half the plan, one run of two done.
-    assert "plan 50% of" in line and "runs 1/2 (1 not finished)" in line
+    # The unfinished runs' steps are still to do: a quarter of the plan, one run of four done.
+    assert "plan 25% of" in line and "runs 1/4 (3 not finished)" in line
