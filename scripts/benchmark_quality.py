@@ -497,6 +497,18 @@ def log_stem(run_dir: Path) -> str:
     return "__".join(run_dir.parts[-4:])
 
 
+def host_record(run_dir: Path, load_samples: Sequence[float]) -> dict[str, Any]:
+    """How busy the machine was while a run ran (wall times are only comparable at similar
+    load) and which machine it was (records gather runs from several machines).
+
+    :param run_dir: the run's folder
+    :param load_samples: 1-minute load averages sampled while it ran
+    """
+    return {"run_dir": str(run_dir), "mean_load1": float(np.mean(load_samples)),
+            "max_load1": float(np.max(load_samples)), "samples": len(load_samples),
+            "cores": os.cpu_count(), "machine": machine_line()}
+
+
 class Runner:
     """Runs specs in subprocesses, at most ``jobs`` at a time."""
 
@@ -527,11 +539,8 @@ class Runner:
                 del self.running[spec]
                 ended.append((spec, rc, time.time() - started))
                 samples = self.load.pop(spec)
-                # How busy the machine was: wall times are only comparable at similar load.
                 load_path = self.log_dir / f"{log_stem(spec.run_dir)}.load.json"
-                load_path.write_text(json.dumps({"run_dir": str(spec.run_dir), "mean_load1": float(np.mean(samples)),
-                                                 "max_load1": float(np.max(samples)), "samples": len(samples),
-                                                 "cores": os.cpu_count()}) + "\n")
+                load_path.write_text(json.dumps(host_record(spec.run_dir, samples)) + "\n")
         return ended
 
     def stop_all(self) -> None:
@@ -642,6 +651,11 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+#: What the page says of runs made before their machine was recorded (2026-12-02): the sessions'
+#: machines then were alike in cores and memory, not in CPU model.
+UNRECORDED_MACHINE = "machine not recorded (before 2026-12-02; 2 cores, 23.5 GB RAM, AMD EPYC or Intel Xeon)"
+
+
 def machine_line() -> str:
     mem = ""
     try:
@@ -729,16 +743,31 @@ def _group(runs: Iterable[Any]) -> dict[tuple[str, int], list[Any]]:
     return groups
 
 
-def run_load(run_dir: Path) -> float | None:
-    """Mean 1-minute load average while the run ran (recorded by the plan process)."""
+def run_host_record(run_dir: Path) -> dict[str, Any]:
+    """What the plan process recorded about the machine while the run ran (load, and since
+    2026-12-02 the machine itself); empty when nothing was recorded."""
     path = run_dir.parents[3] / "logs" / f"{log_stem(run_dir)}.load.json"
     try:
         data = json.loads(path.read_text())
         if Path(data["run_dir"]).resolve() == run_dir.resolve():
-            return float(data["mean_load1"])
+            return data
     except (OSError, ValueError, KeyError):
         pass
-    return None
+    return {}
+
+
+def run_load(run_dir: Path) -> float | None:
+    """Mean 1-minute load average while the run ran."""
+    load = run_host_record(run_dir).get("mean_load1")
+    return None if load is None else float(load)
+
+
+def machines_note(runs: Sequence[Any]) -> str:
+    """Which machines a table's runs ran on, with how many runs each."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in runs:
+        counts[run_host_record(r.run_dir).get("machine") or UNRECORDED_MACHINE] += 1
+    return "Runs on: " + "; ".join(f"{m} ({n} run{'s' if n > 1 else ''})" for m, n in sorted(counts.items())) + ".\n"
 
 
 def reward_model_note(members: Sequence[Any]) -> str:
@@ -1025,7 +1054,7 @@ def write_results(out: Path, results: Path) -> Path:
         sections.append(
             f"### {s.task}, {s.steps:,} env steps{frames}{test}\n\n"
             f"Records in `{s.folder}`{overrides}; started {when}.\n\n" + setting_table(s)
-            + f"\n![{s.task} learning curves]({rel})\n"
+            + "\n" + machines_note(s.runs) + f"\n![{s.task} learning curves]({rel})\n"
         )
     mujoco_rows, atari_rows = target_rows(settings)
     pending, not_run = missing_runs(out, settings)
@@ -1038,7 +1067,8 @@ def write_results(out: Path, results: Path) -> Path:
         f"`{out}` (each run's `summary.json`, `eval.csv` and `config.json`, kept in the repo); every number "
         "below is read from those files. "
         f"Page written {now}.\n",
-        f"**Machine:** {machine_line()}.\n",
+        "**Machines:** each table names the machines its runs ran on (recorded per run since 2026-12-02; "
+        f"CPU only). This page was written on: {machine_line()}.\n",
         "**Protocol** (`../shared/design.md`, issue 4): both arms run the same PPO, preprocessing, seeds and "
         "number of env steps; the learned arm never sees the true reward and gets its labels from the "
         "perfectly rational synthetic teacher. The *final true return* of a run is its last evaluation: "

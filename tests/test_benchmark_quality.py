@@ -256,6 +256,12 @@ def test_records_survive_the_run_folders(bq, tmp_path):
                   1000.0 if spec.arm == "true" else 900.0, spec.steps)
     (out / "commands.jsonl").write_text(json.dumps({"date": "2026-01-01T10:00:00", "command": "python x",
                                                     "planned": [str(s.run_dir) for s in plan]}) + "\n")
+    true_run = next(spec.run_dir for spec in plan if spec.arm == "true")
+    (out / "logs").mkdir()
+    host = bq.host_record(true_run, [0.5, 1.0, 1.5])
+    assert host["mean_load1"] == 1.0 and host["machine"] == bq.machine_line()
+    host["machine"] = "2 cores (Test CPU)"  # as if recorded on another machine
+    (out / "logs" / f"{bq.log_stem(true_run)}.load.json").write_text(json.dumps(host))
     bq.save_records(out, records)
     bq.save_records(out, records)  # idempotent: the command log is not doubled
     assert len((records / "commands.jsonl").read_text().splitlines()) == 1
@@ -268,6 +274,9 @@ def test_records_survive_the_run_folders(bq, tmp_path):
     assert (len(done), len(todo)) == (2, 0)
     page = bq.write_results(records, tmp_path / "results.md").read_text()
     assert "| halfcheetah | 700 (target) | 300,000 | 1 | 0.90 |" in page
+    # Records gather runs from several machines: each table says which ran what.
+    assert f"Runs on: 2 cores (Test CPU) (1 run); {bq.UNRECORDED_MACHINE} (1 run)." in page
+    assert "(load 1.0)" in page
 
 
 def test_protocol_states_each_domains_evaluation_mode_from_the_presets(bq):
