@@ -985,6 +985,12 @@ def outdated_runs(setting: Setting) -> list[str]:
     return lines
 
 
+def setting_title(setting: Setting) -> str:
+    """``task, N env steps`` (and its overrides): which section of the page a note is about."""
+    overrides = f" with `{' '.join(setting.overrides)}`" if setting.overrides else ""
+    return f"{setting.task}, {setting.steps:,} env steps{overrides}"
+
+
 def limits(settings: Sequence[Setting]) -> list[str]:
     """Facts that bound what the tables can show, computed from the settings."""
     notes = []
@@ -992,18 +998,18 @@ def limits(settings: Sequence[Setting]) -> list[str]:
         if not s.runs:
             continue
         notes += outdated_runs(s)
+        name = setting_title(s)
         preset_steps = load_preset(s.task, s.overrides).ppo.total_steps
         seeds = sorted({r.seed for r in s.runs})
         if s.steps < preset_steps:
-            notes.append(f"- {s.task}: {s.steps:,} env steps per run, the preset's full budget is "
-                         f"{preset_steps:,}. {trend_note(s)}")
+            notes.append(f"- {name}: the preset's full budget is {preset_steps:,}. {trend_note(s)}")
         if len(seeds) < TARGET_SEEDS:
             spread = "not measured" if len(seeds) == 1 else f"measured on {len(seeds)} seeds only"
-            notes.append(f"- {s.task}: {len(seeds)} of {TARGET_SEEDS} seeds; the spread over seeds is "
+            notes.append(f"- {name}: {len(seeds)} of {TARGET_SEEDS} seeds; the spread over seeds is "
                          f"{spread} and a verdict is provisional.")
         ev = load_preset(s.task, s.overrides).eval
         how = "deterministic" if ev.deterministic else "sampled-action"
-        notes.append(f"- {s.task}: each final return is one evaluation of {ev.episodes} {how} "
+        notes.append(f"- {name}: each final return is one evaluation of {ev.episodes} {how} "
                      "episodes; a seed's final number can differ from its curve's trend.")
     notes.append("- Synthetic labels from a perfectly rational teacher (an upper bound on label quality); "
                  "a person or a B-Pref irrational teacher gives noisier labels.")

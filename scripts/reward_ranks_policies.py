@@ -1,0 +1,152 @@
+"""Which behaviour does a learned reward prefer? Score finished runs' agents with learned rewards.
+
+Rolls out the final policy of each given run (both arms; the task's evaluation rules,
+the run's own ``eval.deterministic``) and prints, per run, the mean true return and the
+mean learned return of the same episodes under each judge's reward model. It separates
+two reasons for a learned-arm run that ends below its true arm: its reward model ranks
+the better behaviour lower (a reward problem), or it ranks it higher and PPO did not
+find it (an optimisation problem).
+
+Learned rewards are normalised per model (mean 0, std ``reward.output_std`` on recent
+segments), so compare the rows of one judge's column, not one judge with another.
+Vector-observation tasks (MuJoCo, classic); the runs' folders need ``policy.zip``.
+
+Usage::
+
+    python scripts/reward_ranks_policies.py runs/bq_swim1m/swimmer/1000000steps/*/seed*
+    python scripts/reward_ranks_policies.py RUN... --judges RUN --episodes 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from prefrl.envs import make_env
+from prefrl.errors import PrefrlError
+from prefrl.reward import RewardModel
+from prefrl.video import load_run_preset
+
+Policy = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Episode:
+    """One evaluation episode: raw observations ``(T, *obs_shape)`` (what the reward model
+    reads), actions ``(T, *action_shape)`` and the true return."""
+
+    observations: np.ndarray
+    actions: np.ndarray
+    true_return: float
+
+
+def rollout(env: gym.Env, policy: Policy, episodes: int, seed: int) -> list[Episode]:
+    """``episodes`` episodes of ``policy`` in ``env``, episode ``i`` reset with ``seed + i``.
+
+    :param env: the task's evaluation env
+    :param policy: raw observation -> action
+    """
+    out = []
+    for i in range(episodes):
+        obs, _ = env.reset(seed=seed + i)
+        observations, actions, total, done = [], [], 0.0, False
+        while not done:
+            action = policy(obs)
+            observations.append(obs)
+            actions.append(action)
+            obs, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            done = terminated or truncated
+        out.append(Episode(np.asarray(observations, np.float32), np.asarray(actions, np.float32), total))
+    return out
+
+
+def learned_return(model: RewardModel, episodes: list[Episode]) -> float:
+    """Mean over ``episodes`` of the summed learned reward (ensemble mean)."""
+    return float(np.mean([model.predict(e.observations, e.actions).sum() for e in episodes]))
+
+
+def load_policy(run_dir: Path, env: gym.Env, deterministic: bool) -> Policy:
+    """The run's final PPO policy as raw observation -> action (its VecNormalize
+    observation statistics applied, frozen)."""
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    path = run_dir / "policy.zip"
+    if not path.is_file():
+        raise PrefrlError(f"'{run_dir}' has no policy.zip; give finished runs (`prefrl train` writes it at the end)")
+    model = PPO.load(path, device="cpu")
+    normalize = lambda obs: obs  # noqa: E731
+    if (run_dir / "vecnormalize.pkl").is_file():
+        stats = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: env]))
+        stats.training = False
+        normalize = stats.normalize_obs
+
+    def act(obs: np.ndarray) -> np.ndarray:
+        return model.predict(normalize(obs[None]), deterministic=deterministic)[0][0]
+
+    return act
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", type=Path, nargs="+", help="finished runs of one task (folders with policy.zip)")
+    p.add_argument("--judges", type=Path, nargs="+",
+                   help="runs whose reward_model.pt scores the episodes (default: every given run that has one)")
+    p.add_argument("--episodes", type=int, default=3, help="evaluation episodes per run")
+    p.add_argument("--seed", type=int, default=100, help="first episode's reset seed (the same for every run)")
+    args = p.parse_args(argv)
+    try:
+        if args.episodes < 1:
+            raise PrefrlError(f"--episodes {args.episodes} is invalid: give at least 1")
+        presets = {run: load_run_preset(run)[1] for run in args.runs}
+        for run in args.runs:  # all checked before the first, slow, rollout
+            if not (run / "policy.zip").is_file():
+                raise PrefrlError(f"'{run}' has no policy.zip; give finished runs (`prefrl train` writes it at the end)")
+        env_ids = {preset.task.env_id for preset in presets.values()}
+        if len(env_ids) > 1:
+            raise PrefrlError(f"the runs are of several tasks ({', '.join(sorted(env_ids))}); give runs of one task")
+        env_id = env_ids.pop()
+        judge_dirs = args.judges or [run for run in args.runs if (run / "reward_model.pt").is_file()]
+        if not judge_dirs:
+            raise PrefrlError("none of the runs has a reward_model.pt; give a learned-arm run with --judges")
+        judges = {}
+        for run in judge_dirs:
+            if not (run / "reward_model.pt").is_file():
+                raise PrefrlError(f"'{run}' has no reward_model.pt; give learned-arm runs with --judges")
+            judge_env = load_run_preset(run)[1].task.env_id
+            if judge_env != env_id:
+                raise PrefrlError(f"judge '{run}' is a {judge_env} run, the runs are {env_id}; give a judge of the same task")
+            judges[run] = RewardModel.from_checkpoint(run / "reward_model.pt")
+            if len(judges[run].observation_shape) != 1:
+                raise PrefrlError(f"'{run}': image observations; this probe takes vector-observation tasks")
+    except PrefrlError as exc:
+        print(f"reward_ranks_policies: error: {exc}", file=sys.stderr)
+        return 2
+
+    names = [str(run) for run in judges]
+    print(f"{env_id}, {args.episodes} episodes per run (reset seeds {args.seed}..{args.seed + args.episodes - 1})")
+    for i, name in enumerate(names):
+        print(f"judge {i}: {name}")
+    width = max(len(str(run)) for run in args.runs)
+    print(f"{'run':<{width}}  {'true':>9}  " + "  ".join(f"{f'judge {i}':>9}" for i in range(len(names))))
+    for run, preset in presets.items():
+        env = make_env(preset, evaluation=True)
+        try:
+            episodes = rollout(env, load_policy(run, env, preset.eval.deterministic), args.episodes, args.seed)
+        finally:
+            env.close()
+        true_mean = float(np.mean([e.true_return for e in episodes]))
+        scores = [learned_return(model, episodes) for model in judges.values()]
+        print(f"{str(run):<{width}}  {true_mean:>9.1f}  " + "  ".join(f"{s:>9.1f}" for s in scores), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
