@@ -23,7 +23,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import cv2
 import numpy as np
@@ -78,6 +78,40 @@ class VideoResult:
     fps: float
     true_returns: list[float] = field(default_factory=list)
     learned_returns: list[float] = field(default_factory=list)
+
+
+def load_agent(run_dir: Path, env: gym.Env, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """A finished run's PPO policy as one raw observation -> one action.
+
+    The run's VecNormalize observation statistics (if it has them) are applied, frozen;
+    the env is stepped directly by the caller, so the raw observation (what the reward
+    model reads) stays at hand.
+
+    :param run_dir: a finished run (``policy.zip``; ``vecnormalize.pkl`` when it has one)
+    :param env: the task's env (only its spaces are used)
+    :param deterministic: take the policy's most likely action
+    :raises PrefrlError: no or unreadable ``policy.zip``
+    """
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    policy_path = run_dir / "policy.zip"
+    if not policy_path.is_file():
+        raise PrefrlError(f"'{run_dir}' has no policy.zip; is the run finished? (`prefrl train` writes it at the end)")
+    try:
+        model = PPO.load(policy_path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - SB3 raises many types for a bad file
+        raise PrefrlError(f"cannot load policy {policy_path}: {exc}") from None
+    normalize: Callable[[np.ndarray], np.ndarray] = lambda batch: batch  # noqa: E731
+    if (run_dir / "vecnormalize.pkl").is_file():
+        statistics = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: env]))
+        statistics.training = False
+        normalize = statistics.normalize_obs
+
+    def act(observation: np.ndarray) -> np.ndarray:
+        return model.predict(normalize(np.asarray(observation)[None]), deterministic=deterministic)[0][0]
+
+    return act
 
 
 def load_run_preset(run_dir: Path) -> tuple[dict[str, Any], Preset]:
@@ -219,15 +253,11 @@ def record_video(
         ``eval.deterministic``)
     :raises PrefrlError: not a finished run, or the video cannot be written
     """
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
     from prefrl.envs import make_env
     from prefrl.presets import apply_overrides
 
     config, preset = load_run_preset(run_dir)
-    policy_path = run_dir / "policy.zip"
-    if not policy_path.is_file():
+    if not (run_dir / "policy.zip").is_file():  # before the (slow) env is built
         raise PrefrlError(f"'{run_dir}' has no policy.zip; is the run finished? (`prefrl train` writes it at the end)")
     if max_steps is not None:
         preset = apply_overrides(preset, [f"eval.max_episode_steps={max_steps}"])
@@ -237,13 +267,7 @@ def record_video(
 
     env = make_env(preset, evaluation=True, render_mode="rgb_array")
     try:
-        model = PPO.load(policy_path, device="cpu")
-        normalizer = None
-        if (run_dir / "vecnormalize.pkl").is_file():
-            # Only its observation statistics are used; the env is stepped directly so the
-            # raw observation (what the reward model reads) stays at hand.
-            normalizer = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: env]))
-            normalizer.training = False
+        act = load_agent(run_dir, env, deterministic)
         reward_model = None
         if config.get("arm") == "learned" and (run_dir / "reward_model.pt").is_file():
             from prefrl.reward import RewardModel
@@ -275,12 +299,10 @@ def record_video(
                 frames += 1
                 if done:
                     break
-                batch = np.asarray(obs)[None]
-                policy_obs = normalizer.normalize_obs(batch) if normalizer is not None else batch
-                action, _ = model.predict(policy_obs, deterministic=deterministic)
+                action = act(obs)
                 if reward_model is not None and learned is not None:
-                    learned.append(float(reward_model.predict(batch, np.asarray(action))[0]))
-                obs, reward, terminated, truncated, _ = env.step(action[0])
+                    learned.append(float(reward_model.predict(np.asarray(obs)[None], np.asarray(action)[None])[0]))
+                obs, reward, terminated, truncated, _ = env.step(action)
                 true_rewards.append(float(reward))
                 done = bool(terminated or truncated)
             result.true_returns.append(float(sum(true_rewards)))

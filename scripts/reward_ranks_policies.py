@@ -31,7 +31,7 @@ import numpy as np
 from prefrl.envs import make_env
 from prefrl.errors import PrefrlError
 from prefrl.reward import RewardModel
-from prefrl.video import load_run_preset
+from prefrl.video import load_agent, load_run_preset
 
 Policy = Callable[[np.ndarray], np.ndarray]
 
@@ -70,28 +70,6 @@ def rollout(env: gym.Env, policy: Policy, episodes: int, seed: int) -> list[Epis
 def learned_return(model: RewardModel, episodes: list[Episode]) -> float:
     """Mean over ``episodes`` of the summed learned reward (ensemble mean)."""
     return float(np.mean([model.predict(e.observations, e.actions).sum() for e in episodes]))
-
-
-def load_policy(run_dir: Path, env: gym.Env, deterministic: bool) -> Policy:
-    """The run's final PPO policy as raw observation -> action (its VecNormalize
-    observation statistics applied, frozen)."""
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    path = run_dir / "policy.zip"
-    if not path.is_file():
-        raise PrefrlError(f"'{run_dir}' has no policy.zip; give finished runs (`prefrl train` writes it at the end)")
-    model = PPO.load(path, device="cpu")
-    normalize = lambda obs: obs  # noqa: E731
-    if (run_dir / "vecnormalize.pkl").is_file():
-        stats = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: env]))
-        stats.training = False
-        normalize = stats.normalize_obs
-
-    def act(obs: np.ndarray) -> np.ndarray:
-        return model.predict(normalize(obs[None]), deterministic=deterministic)[0][0]
-
-    return act
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     for run, preset in presets.items():
         env = make_env(preset, evaluation=True)
         try:
-            episodes = rollout(env, load_policy(run, env, preset.eval.deterministic), args.episodes, args.seed)
+            episodes = rollout(env, load_agent(run, env, preset.eval.deterministic), args.episodes, args.seed)
         finally:
             env.close()
         true_mean = float(np.mean([e.true_return for e in episodes]))
