@@ -492,6 +492,20 @@ def current_step(run_dir: Path) -> int:
         return start
 
 
+def checkpoint_step(run_dir: Path) -> int:
+    """Env steps an unfinished run keeps in its checkpoint, which ``train`` resumes from
+    (0 without one; an unreadable one is the run's own error to report)."""
+    from prefrl.checkpoint import checkpoint_path, read_checkpoint
+    from prefrl.errors import PrefrlError
+
+    if not checkpoint_path(run_dir).is_file():
+        return 0
+    try:
+        return int((read_checkpoint(run_dir) or {}).get("step", 0))
+    except PrefrlError:
+        return 0
+
+
 def log_stem(run_dir: Path) -> str:
     """``<task>__<setting>__<arm>__seed<k>``: the name of a run's files in ``<out>/logs``."""
     return "__".join(run_dir.parts[-4:])
@@ -1244,8 +1258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "planned": [str(s.run_dir) for s in plan]}) + "\n")
             write_setting_files(plan, args.overrides)
             done, todo = prepare(plan, args.records)
-            print(f"plan: {len(plan)} runs, {len(done)} finished (reused), {len(todo)} to run, "
-                  f"{sum(s.steps for s in todo):,} env steps to go; {args.jobs} job(s)", flush=True)
+            resumed = {s: checkpoint_step(s.run_dir) for s in todo}
+            n_resumed = sum(1 for step in resumed.values() if step)
+            print(f"plan: {len(plan)} runs, {len(done)} finished (reused), {len(todo)} to run"
+                  + (f" ({n_resumed} from a checkpoint)" if n_resumed else "")
+                  + f", {sum(s.steps - resumed[s] for s in todo):,} env steps to go; {args.jobs} job(s)", flush=True)
             for folder, task in sorted({(s.run_dir.parent.parent, s.task) for s in plan}):
                 preset = load_preset(task, args.overrides)
                 r = random_baseline(folder, preset, args.random_episodes)

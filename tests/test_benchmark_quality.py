@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prefrl.checkpoint import progress_files
+from prefrl.checkpoint import checkpoint_path, progress_files, write_checkpoint
 from prefrl.errors import PrefrlError
 from prefrl.labels import LabelSchedule
 from prefrl.presets import load_preset
@@ -354,6 +354,14 @@ def test_current_step_follows_a_resumed_run(bq, tmp_path):
     (logs / "resumed_at_10240" / "progress.csv").write_text("time/total_timesteps\n11264\n")
     assert [(step, p.parent.name) for step, p in progress_files(tmp_path)] == [
         (0, "logs"), (2048, "resumed_at_2048"), (10240, "resumed_at_10240")]
+
+
+def test_checkpoint_step_counts_what_a_resumed_run_keeps(bq, tmp_path):
+    assert bq.checkpoint_step(tmp_path) == 0  # no checkpoint: the run starts clean
+    write_checkpoint(tmp_path, 926_208, {"anything": 1})
+    assert bq.checkpoint_step(tmp_path) == 926_208
+    checkpoint_path(tmp_path).write_bytes(b"not a pickle")  # the run itself reports this one
+    assert bq.checkpoint_step(tmp_path) == 0
 
 
 def test_an_interrupted_run_is_not_reported_as_failed(bq, tmp_path):
