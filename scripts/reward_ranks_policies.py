@@ -1,8 +1,13 @@
 """Which behaviour does a learned reward prefer? Score finished runs' agents with learned rewards.
 
-Rolls out the final policy of each given run (both arms; the task's evaluation rules,
-the run's own ``eval.deterministic``) and prints, per run, the mean true return and the
-mean learned return of the same episodes under each judge's reward model. It separates
+Rolls out the final policy of each given run (both arms; the run's own
+``eval.deterministic``) and prints, per run: the mean true return and episode length under
+the task's evaluation rules (the protocol's measure), and, on episodes of the training
+env's fixed horizon (what the reward model was fitted on and PPO optimised; a fall costs
+``task.termination_penalty`` there and the episode goes on), the teacher's return and the
+mean learned return under each judge's reward model. A fixed horizon matters: under the
+evaluation rules an agent that falls early has shorter episodes, so a learned reward with
+a negative mean would rank it higher for being short. It separates
 two reasons for a learned-arm run that ends below its true arm: its reward model ranks
 the better behaviour lower (a reward problem), or it ranks it higher and PPO did not
 find it (an optimisation problem).
@@ -113,16 +118,22 @@ def main(argv: list[str] | None = None) -> int:
     for i, name in enumerate(names):
         print(f"judge {i}: {name}")
     width = max(len(str(run)) for run in args.runs)
-    print(f"{'run':<{width}}  {'true':>9}  " + "  ".join(f"{f'judge {i}':>9}" for i in range(len(names))))
+    print(f"{'run':<{width}}  {'true':>9}  {'length':>7}  {'teacher':>9}  " + "  ".join(f"{f'judge {i}':>9}" for i in range(len(names))))
     for run, preset in presets.items():
-        env = make_env(preset, evaluation=True)
-        try:
-            episodes = rollout(env, load_agent(run, env, preset.eval.deterministic), args.episodes, args.seed)
-        finally:
-            env.close()
-        true_mean = float(np.mean([e.true_return for e in episodes]))
-        scores = [learned_return(model, episodes) for model in judges.values()]
-        print(f"{str(run):<{width}}  {true_mean:>9.1f}  " + "  ".join(f"{s:>9.1f}" for s in scores), flush=True)
+        rollouts = {}
+        for evaluation in (True, False):
+            env = make_env(preset, evaluation=evaluation)
+            try:
+                rollouts[evaluation] = rollout(env, load_agent(run, env, preset.eval.deterministic),
+                                               args.episodes, args.seed)
+            finally:
+                env.close()
+        true_mean = float(np.mean([e.true_return for e in rollouts[True]]))
+        length = float(np.mean([len(e.observations) for e in rollouts[True]]))
+        teacher = float(np.mean([e.true_return for e in rollouts[False]]))
+        scores = [learned_return(model, rollouts[False]) for model in judges.values()]
+        print(f"{str(run):<{width}}  {true_mean:>9.1f}  {length:>7.0f}  {teacher:>9.1f}  "
+              + "  ".join(f"{s:>9.1f}" for s in scores), flush=True)
     return 0
 
 

@@ -61,7 +61,8 @@ def test_prints_a_row_per_run_and_a_column_per_judge(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("Pendulum-v1, 1 episodes per run") and out[1] == f"judge 0: {learned}"
     rows = [line.split() for line in out[3:]]
-    assert [row[0] for row in rows] == [str(learned), str(true)] and all(len(row) == 3 for row in rows)
+    assert [row[0] for row in rows] == [str(learned), str(true)] and all(len(row) == 5 for row in rows)
+    assert out[2].split()[:4] == ["run", "true", "length", "teacher"]
     assert all(np.isfinite(float(value)) for row in rows for value in row[1:])
 
 
@@ -85,3 +86,14 @@ def test_bad_input_is_one_line_each_before_any_rollout(tmp_path, capsys):
                                     "give a judge of the same task", "several tasks", "has no policy.zip",
                                     "--episodes 0 is invalid"]):
         assert expected in line
+
+
+def test_learned_returns_are_compared_on_the_training_envs_fixed_horizon():
+    """Under the evaluation rules a falling agent's episodes are short; on the training env
+    every episode is the horizon long, so a learned reward's sums compare like for like."""
+    preset = load_preset("hopper")
+    still = lambda obs: np.zeros(3, np.float32)  # noqa: E731 - a hopper that does nothing falls
+    evaluation = probe.rollout(make_env(preset, evaluation=True), still, episodes=1, seed=0)
+    training = probe.rollout(make_env(preset), still, episodes=1, seed=0)
+    assert len(evaluation[0].observations) < preset.task.horizon
+    assert len(training[0].observations) == preset.task.horizon
