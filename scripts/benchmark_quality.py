@@ -495,15 +495,14 @@ def current_step(run_dir: Path) -> int:
 def checkpoint_step(run_dir: Path) -> int:
     """Env steps an unfinished run keeps in its checkpoint, which ``train`` resumes from
     (0 without one; an unreadable one is the run's own error to report)."""
-    from prefrl.checkpoint import checkpoint_path, read_checkpoint
+    from prefrl.checkpoint import read_checkpoint
     from prefrl.errors import PrefrlError
 
-    if not checkpoint_path(run_dir).is_file():
-        return 0
     try:
-        return int((read_checkpoint(run_dir) or {}).get("step", 0))
+        checkpoint = read_checkpoint(run_dir)
     except PrefrlError:
         return 0
+    return 0 if checkpoint is None else int(checkpoint["step"])
 
 
 def log_stem(run_dir: Path) -> str:

@@ -120,13 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     width = max(len(str(run)) for run in args.runs)
     print(f"{'run':<{width}}  {'true':>9}  {'length':>7}  {'teacher':>9}  " + "  ".join(f"{f'judge {i}':>9}" for i in range(len(names))))
     for run, preset in presets.items():
-        rollouts = {}
-        for evaluation in (True, False):
-            env = make_env(preset, evaluation=evaluation)
-            try:
-                rollouts[evaluation] = rollout(env, load_agent(run, env, preset.eval.deterministic),
-                                               args.episodes, args.seed)
-            finally:
+        envs = {evaluation: make_env(preset, evaluation=evaluation) for evaluation in (True, False)}
+        try:
+            # Loaded once: the two envs differ in their rules, not in their spaces.
+            policy = load_agent(run, envs[True], preset.eval.deterministic)
+            rollouts = {evaluation: rollout(env, policy, args.episodes, args.seed) for evaluation, env in envs.items()}
+        finally:
+            for env in envs.values():
                 env.close()
         true_mean = float(np.mean([e.true_return for e in rollouts[True]]))
         length = float(np.mean([len(e.observations) for e in rollouts[True]]))
