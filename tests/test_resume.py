@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -488,3 +489,16 @@ def test_a_human_run_killed_rounds_after_its_checkpoint_resumes(tmp_path, monkey
     assert len(pairs) <= 40  # the budget counts the killed session's pairs too
     new = [p for p in pairs if p not in killed_pairs]
     assert new and all(int(p[1:]) >= orphans for p in new)
+
+
+def test_a_run_directory_of_the_old_layout_resumes(reference, tmp_path):
+    """``tests/fixtures/old_layout_run`` was written by the single-module layout (before
+    the package was split into stages), killed after its checkpoint at step 512."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old_layout_run", run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    config["clips_dir"] = str(run_dir / "clips")  # recorded where the fixture was made
+    (run_dir / "config.json").write_text(json.dumps(config))
+    summary = _train("pendulum", run_dir, checkpoint_steps=512)
+    assert summary["resumed_at_step"] == 512
+    _assert_same_run(reference, run_dir)
