@@ -20,6 +20,8 @@ demo: $(STAMP)
 	$(BIN)/prefrl demo
 
 test: $(STAMP) xvfb chromium
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/ruff check --quiet prefrl tests scripts
 	SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy $(BIN)/python -m pytest -q
 
 # The real-window viewer test needs Xvfb, xdotool and xwd (Debian packages); install them when

@@ -2,7 +2,7 @@
 on the true reward, over tasks x seeds x label budgets; writes ``docs/results.md``.
 
 The plan is tasks x seeds x (one true-reward run + one learned-reward run per label
-budget). Every run is ``prefrl.training.train`` in its own subprocess (a crash of one
+budget). Every run is ``prefrl.training.run.train`` in its own subprocess (a crash of one
 run doesn't end the plan) and writes to
 
     <out>/<task>/<setting>/<arm>/seed<k>/       arm = true | learned-<budget>
@@ -60,10 +60,11 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,8 +72,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from prefrl.errors import PrefrlError  # noqa: E402
-from prefrl.presets import Preset, load_preset  # noqa: E402
+from prefrl.config.presets import Preset, load_preset  # noqa: E402
+from prefrl.util.errors import PrefrlError  # noqa: E402
 
 # --------------------------------------------------------------------------- defaults
 
@@ -258,8 +259,8 @@ def changed_settings(spec: RunSpec, stored: dict[str, Any]) -> list[str]:
     refuses a resume with). A key the stored preset lacks is a setting added since, which
     then behaved as its default; one it has and the preset no longer knows is ignored.
     """
-    from prefrl.checkpoint import flatten, setting_differences
-    from prefrl.presets import SECTIONS
+    from prefrl.config.presets import SECTIONS
+    from prefrl.training.checkpoint import flatten, setting_differences
 
     current = load_preset(spec.task, list(spec.overrides)).to_dict()
     old, new = {}, {}
@@ -334,7 +335,7 @@ def prepare(plan: Sequence[RunSpec], records: Path | None = None) -> tuple[list[
     (``train`` ends it exactly as an uninterrupted run); other unfinished folders are
     removed so that their runs start clean. A run finished with other settings than the
     preset's now is run again (said on stdout); its folder moves to ``<out>/replaced``."""
-    from prefrl.training import RunPaths, would_resume
+    from prefrl.training.run import RunPaths, would_resume
 
     done, todo = [], []
     for spec in plan:
@@ -379,7 +380,7 @@ def write_setting_files(plan: Sequence[RunSpec], user_overrides: Sequence[str]) 
 def measure_random_policy(preset: Preset, episodes: int, seed: int = 12_345) -> dict[str, Any]:
     """True return of a uniformly random policy on the task's evaluation env (real
     termination rules and time limit, true reward), over ``episodes`` episodes."""
-    from prefrl.envs import make_env
+    from prefrl.envs.factory import make_env
 
     env = make_env(preset, evaluation=True)
     env.action_space.seed(seed)
@@ -441,7 +442,7 @@ def _watch_parent(parent: int) -> None:
 
 def run_one(spec_path: Path) -> int:
     """Child process: one ``train`` call from a spec file."""
-    from prefrl.training import RunInterrupted, RunPaths, train
+    from prefrl.training.run import RunInterrupted, RunPaths, train
 
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     spec = RunSpec.from_json(json.loads(spec_path.read_text()))
@@ -483,7 +484,7 @@ def current_step(run_dir: Path) -> int:
     """Env steps a running run has logged so far: the last row of its newest session's
     SB3 progress.csv (a resumed run logs to ``logs/resumed_at_<step>/`` from its
     checkpoint on, and redoes the steps the interrupted session took after it)."""
-    from prefrl.checkpoint import newest_progress
+    from prefrl.training.checkpoint import newest_progress
 
     start, row = newest_progress(run_dir) or (0, {})
     try:
@@ -495,8 +496,8 @@ def current_step(run_dir: Path) -> int:
 def checkpoint_step(run_dir: Path) -> int:
     """Env steps an unfinished run keeps in its checkpoint, which ``train`` resumes from
     (0 without one; an unreadable one is the run's own error to report)."""
-    from prefrl.checkpoint import read_checkpoint
-    from prefrl.errors import PrefrlError
+    from prefrl.training.checkpoint import read_checkpoint
+    from prefrl.util.errors import PrefrlError
 
     try:
         checkpoint = read_checkpoint(run_dir)
@@ -591,8 +592,14 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
 
     :return: (spec, :func:`run_outcome`) of every run started
     """
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     total_steps = sum(s.steps for s in plan)
     done_steps = sum(s.steps for s in plan if s not in todo)
@@ -694,12 +701,12 @@ class Setting:
     domain: str
     frame_skip: int
     for_tests: bool
-    runs: list[Any]  # prefrl.report.RunResult
+    runs: list[Any]  # prefrl.analysis.report.RunResult
     random: dict[str, Any] | None
 
 
 def load_settings(out: Path) -> list[Setting]:
-    from prefrl.report import load_run
+    from prefrl.analysis.report import load_run
 
     settings = []
     for meta in sorted(out.glob("*/*/setting.json")):
@@ -1046,7 +1053,7 @@ def evaluation_modes(settings: Sequence[Setting]) -> str:
 
 def write_results(out: Path, results: Path) -> Path:
     """Rebuild the results page from every finished run under ``out``."""
-    from prefrl.report import compare
+    from prefrl.analysis.report import compare
 
     settings = load_settings(out)
     plots_dir = results.parent / "results"

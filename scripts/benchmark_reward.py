@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from prefrl.labels import Choice, Preference
-from prefrl.presets import RewardSettings
-from prefrl.reward import RewardModel
-from prefrl.segments import ClipPair, Segment
+from prefrl.config.presets import RewardSettings
+from prefrl.data.segments import ClipPair, Segment
+from prefrl.feedback.labels import Choice, Preference
+from prefrl.reward.model import RewardModel
 
 
 def random_prefs(

@@ -2,7 +2,7 @@
 
 For each task, in one process and alternating (true, learned, true, learned, ...: machine
 load drifts, alternation spreads it over both arms), the same PPO hyperparameters and
-step count run through the real ``prefrl.training.train`` path:
+step count run through the real ``prefrl.training.run.train`` path:
 
 - ``true``: PPO on the true reward (what plain SB3 does, with the suite's env chain);
 - ``learned``: the full pipeline with a synthetic teacher: segment recording, the
@@ -48,13 +48,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefrl.envs import make_env
-from prefrl.labels import Choice, Preference
-from prefrl.presets import Preset, load_preset
-from prefrl.reward import RewardModel, evaluation_sizes, refit_minibatches
-from prefrl.segments import ClipPair, Segment
-from prefrl.threads import NICE_VARIABLE, background_nice
-from prefrl.training import RunPaths, train
+from prefrl.config.presets import Preset, load_preset
+from prefrl.data.segments import ClipPair, Segment
+from prefrl.envs.factory import make_env
+from prefrl.feedback.labels import Choice, Preference
+from prefrl.reward.model import RewardModel, evaluation_sizes, refit_minibatches
+from prefrl.training.run import RunPaths, train
+from prefrl.util.threads import NICE_VARIABLE, background_nice
 
 #: Window settings per task: steps and repeats of each arm, and overrides of the learned
 #: arm's preset. Every override is printed beside the results.
@@ -239,8 +239,8 @@ def atari_envs(steps: int) -> tuple[list[tuple[str, str, str]], str]:
     import cv2
     from ale_py.vector_env import AtariVectorEnv
 
-    from prefrl.ale_vec_env import make_ale_vec_env
-    from prefrl.training import make_vec_env
+    from prefrl.envs.ale_vec_env import make_ale_vec_env
+    from prefrl.training.run import make_vec_env
 
     preset = load_preset("pong")
     task = preset.task

@@ -4,7 +4,7 @@
 
 Starts a human-teacher training run (``prefrl train TASK --teacher human ...``, small
 budgets, a checkpoint every few seconds) and scripted labellers: each is a real
-:class:`~prefrl.viewer.LabelViewer` in its own process (``SDL_VIDEODRIVER=dummy``) that
+:class:`~prefrl.human.viewer.LabelViewer` in its own process (``SDL_VIDEODRIVER=dummy``) that
 answers the pairs it is shown by posting key presses (a random answer after a random
 pause), so labels go through the viewer's own commit path. After every answer the
 viewer reports as stored, the labeller appends a line to its *committed log* and
@@ -44,9 +44,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -97,13 +98,13 @@ def labeller_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     sys.path.insert(0, str(ROOT))
-    from prefrl.clip_render import find_clips
-    from prefrl.viewer import LabelViewer, import_pygame
+    from prefrl.human.clip_render import find_clips
+    from prefrl.human.viewer import LabelViewer, import_pygame
 
     pg = import_pygame()
     keys = [pg.K_LEFT, pg.K_RIGHT, pg.K_UP, pg.K_DOWN]  # left, right, tie, can't tell
     rng = np.random.default_rng(args.seed)
-    from prefrl.errors import PrefrlError
+    from prefrl.util.errors import PrefrlError
 
     while True:  # the trainer creates the store: wait until it has (with its tables)
         if args.stop_file.exists():
@@ -189,7 +190,7 @@ def copy_snapshot(db_path: Path, scratch: Path) -> tuple[str, dict[str, str]]:
 def checkpoint_step(run_dir: Path) -> int | None:
     """Step of the run's checkpoint on disk, or None."""
     sys.path.insert(0, str(ROOT))
-    from prefrl.checkpoint import read_checkpoint
+    from prefrl.training.checkpoint import read_checkpoint
 
     state = read_checkpoint(run_dir)
     return None if state is None else int(state["step"])

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefrl.envs import make_env
-from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, LabelStore, Preference
-from prefrl.presets import apply_overrides
-from prefrl.reward import RewardModel
-from prefrl.video import load_run_preset
+from prefrl.analysis.video import load_run_preset
+from prefrl.config.presets import apply_overrides
+from prefrl.envs.factory import make_env
+from prefrl.feedback.labels import Choice, LabelStore, Preference
+from prefrl.reward.model import RewardModel
+from prefrl.util.errors import PrefrlError
 
 COLUMNS = ("fit", "labels", "non_tie", "train_loss", "val_loss", "val_accuracy", "l2", "seconds")
 TEST_COLUMNS = ("test_accuracy", "test_return_corr")

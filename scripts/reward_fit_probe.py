@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 
@@ -30,11 +29,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, Preference
-from prefrl.presets import load_preset
-from prefrl.reward import RewardModel
-from prefrl.segments import ClipPair, Segment
+from prefrl.config.presets import load_preset
+from prefrl.data.segments import ClipPair, Segment
+from prefrl.feedback.labels import Choice, Preference
+from prefrl.reward.model import RewardModel
+from prefrl.util.errors import PrefrlError
 
 
 def random_clips(env: gym.Env, n: int, length: int, action_scale: float, part: str | None,

@@ -26,17 +26,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import gymnasium as gym
 import numpy as np
 
-from prefrl.envs import make_env
-from prefrl.errors import PrefrlError
-from prefrl.reward import RewardModel
-from prefrl.video import load_agent, load_run_preset
+from prefrl.analysis.video import load_agent, load_run_preset
+from prefrl.envs.factory import make_env
+from prefrl.reward.model import RewardModel
+from prefrl.util.errors import PrefrlError
 
 Policy = Callable[[np.ndarray], np.ndarray]
 

@@ -26,11 +26,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from prefrl.envs import make_env
-from prefrl.errors import PrefrlError
-from prefrl.presets import Preset
-from prefrl.reward import RewardModel
-from prefrl.video import load_run_preset
+from prefrl.analysis.video import load_run_preset
+from prefrl.config.presets import Preset
+from prefrl.envs.factory import make_env
+from prefrl.reward.model import RewardModel
+from prefrl.util.errors import PrefrlError
 
 
 def start_states(preset: Preset, n: int, seed: int) -> tuple[gym.Env, np.ndarray]:

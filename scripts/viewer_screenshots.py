@@ -26,8 +26,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 
@@ -139,11 +140,11 @@ class LineReader:
 
 
 def start_viewer(display: str, clips_dir: Path, name: str = "screenshot") -> subprocess.Popen[str]:
-    """``python -m prefrl.viewer CLIPS_DIR --events`` in a real X window on ``display``."""
+    """``prefrl label CLIPS_DIR --events`` in a real X window on ``display``."""
     env = {k: v for k, v in os.environ.items() if k != "SDL_VIDEODRIVER"}
     env.update(DISPLAY=display, SDL_AUDIODRIVER="dummy", PYTHONPATH=str(REPO))
     return subprocess.Popen(
-        [sys.executable, "-m", "prefrl.viewer", str(clips_dir), "--name", name, "--events"],
+        [sys.executable, "-m", "prefrl.cli", "label", str(clips_dir), "--name", name, "--events"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
     )
 
@@ -164,8 +165,8 @@ def main() -> int:
         print(f"missing: {', '.join(missing_tools())}; apt-get install -y xvfb xdotool x11-apps", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
-    from prefrl.cli_labels import collect_clip_pairs
-    from prefrl.presets import load_preset
+    from prefrl.cli.labels import collect_clip_pairs
+    from prefrl.config.presets import load_preset
 
     with tempfile.TemporaryDirectory() as tmp, xvfb() as display:
         for task in args.tasks:

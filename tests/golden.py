@@ -147,7 +147,7 @@ def train_run(root: Path, arm: str) -> dict[str, str]:
 def pong_digest() -> str:
     """A rollout of the registered Pong task: observations, rewards, terminations, infos."""
     code = (
-        "import hashlib, gymnasium as gym, numpy as np, prefrl.envs\n"
+        "import hashlib, gymnasium as gym, numpy as np, prefrl.envs.factory\n"
         "env = gym.make('prefrl/Pong')\n"
         "h = hashlib.sha256()\n"
         "obs, info = env.reset(seed=11)\n"

@@ -24,8 +24,9 @@ import sys
 import tempfile
 import tomllib
 import typing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,14 +35,14 @@ from gymnasium import spaces
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from prefrl import checkpoint
-from prefrl.cli import main
-from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, LabelStore
-from prefrl.presets import PRESET_DIR, SECTIONS, load_preset
-from prefrl.reward import RewardModel
-from prefrl.segments import ClipPair
-from prefrl.training import policy_kwargs
+from prefrl.cli.main import main
+from prefrl.config.presets import PRESET_DIR, SECTIONS, load_preset
+from prefrl.data.segments import ClipPair
+from prefrl.feedback.labels import Choice, LabelStore
+from prefrl.reward.model import RewardModel
+from prefrl.training import checkpoint
+from prefrl.training.run import policy_kwargs
+from prefrl.util.errors import PrefrlError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clip_fixtures import make_pairs, vector_segment  # noqa: E402
@@ -405,7 +406,7 @@ def _fake_finished_run(run_dir: Path, checkpoint_obs_dim: int) -> None:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from prefrl.envs import make_env
+    from prefrl.envs.factory import make_env
 
     preset = load_preset("cartpole")
     run_dir.mkdir()
@@ -666,7 +667,7 @@ def test_any_preset_file_loads_and_builds_or_is_a_one_line_error(task: str, chan
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from prefrl.envs import make_env
+    from prefrl.envs.factory import make_env
 
     data = tomllib.loads((PRESET_DIR / f"{task}.toml").read_text())
     for (section, key), value in changes.items():
@@ -727,7 +728,7 @@ def test_non_finite_env_reward_stops_the_run_and_keeps_the_checkpoint(
 ) -> None:
     import gymnasium as gym
 
-    from prefrl.checkpoint import CHECKPOINT_FILE
+    from prefrl.training.checkpoint import CHECKPOINT_FILE
 
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=lambda **kw: _PendulumTurningNaN(after=600, value=value, **kw),

@@ -5,7 +5,6 @@ resumes and ends as an uninterrupted run of today's code."""
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 

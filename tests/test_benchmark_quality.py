@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from prefrl.checkpoint import checkpoint_path, progress_files, write_checkpoint
-from prefrl.errors import PrefrlError
-from prefrl.labels import LabelSchedule
-from prefrl.presets import load_preset
+from prefrl.config.presets import load_preset
+from prefrl.feedback.labels import LabelSchedule
+from prefrl.training.checkpoint import checkpoint_path, progress_files, write_checkpoint
+from prefrl.util.errors import PrefrlError
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_quality.py"
 
@@ -123,10 +123,10 @@ def test_resume_reuses_finished_and_removes_unfinished(bq, tmp_path):
 
 
 def test_resume_keeps_a_checkpoint_of_the_same_settings_only(bq, tmp_path):
-    """The rule of train() itself (prefrl.training.would_resume): a killed run's folder
+    """The rule of train() itself (prefrl.training.run.would_resume): a killed run's folder
     is kept when train would continue it, removed when its settings differ."""
-    from prefrl.checkpoint import CHECKPOINT_FILE
-    from prefrl.training import RunPaths, _run_config
+    from prefrl.training.checkpoint import CHECKPOINT_FILE
+    from prefrl.training.run import RunPaths, _run_config
 
     plan = bq.build_plan(["pendulum"], [0], [20], tmp_path)
 

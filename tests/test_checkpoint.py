@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from prefrl.checkpoint import (
+from prefrl.training.checkpoint import (
     atomic_file,
     atomic_save_with,
     atomic_torch_save,

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from prefrl.presets import load_preset
-from prefrl.training import RunPaths, train
+from prefrl.config.presets import load_preset
+from prefrl.training.run import RunPaths, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_fixtures import eval_rows, tensors  # noqa: E402

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from prefrl.envs import (
+from prefrl.config.presets import apply_overrides, available_tasks, load_preset
+from prefrl.envs.factory import (
     ContinuePastTermination,
     FixedHorizon,
     ResetOnNonFinite,
     make_env,
-    register_suite,
-    task_env_id,
 )
-from prefrl.errors import PrefrlError
-from prefrl.presets import apply_overrides, available_tasks, load_preset
+from prefrl.envs.registration import register_suite, task_env_id
+from prefrl.util.errors import PrefrlError
 
 ATARI = [name for name in available_tasks() if load_preset(name).task.domain == "atari"]
 MUJOCO = [name for name in available_tasks() if load_preset(name).task.domain == "mujoco"]

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefrl.cli import main
-from prefrl.html_report import read_progress
-from prefrl.presets import load_preset
-from prefrl.training import RunPaths, train
+from prefrl.analysis.html_report import read_progress
+from prefrl.cli.main import main
+from prefrl.config.presets import load_preset
+from prefrl.training.run import RunPaths, train
 
 TINY = [
     "ppo.total_steps=512", "ppo.n_steps=128", "ppo.batch_size=64", "ppo.n_epochs=2",
@@ -27,7 +27,7 @@ RUNS = [(task, arm) for task in ("cartpole", "pendulum") for arm in ("true", "le
 @pytest.fixture(scope="module")
 def runs_root(tmp_path_factory) -> Path:
     """2 tasks x 2 arms of tiny real runs, and a short video in one of them."""
-    from prefrl.video import record_video
+    from prefrl.analysis.video import record_video
 
     root = tmp_path_factory.mktemp("report_runs")
     for task, arm in RUNS:

@@ -15,12 +15,12 @@ os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 from clip_fixtures import DRIVER, make_pairs, subprocess_env  # noqa: E402
-from prefrl.errors import PrefrlError  # noqa: E402
-from prefrl.labels import Choice, LabelStore, Preference  # noqa: E402
-from prefrl.presets import TeacherSettings  # noqa: E402
-from prefrl.teachers import TEACHER_KINDS, HumanTeacher, SyntheticTeacher, Teacher, make_teacher  # noqa: E402
+
+from prefrl.config.presets import TeacherSettings  # noqa: E402
+from prefrl.feedback.labels import Choice, LabelStore, Preference  # noqa: E402
+from prefrl.feedback.teachers import TEACHER_KINDS, HumanTeacher, SyntheticTeacher, Teacher, make_teacher  # noqa: E402
+from prefrl.util.errors import PrefrlError  # noqa: E402
 
 TASK = "testtask"
 
@@ -128,10 +128,10 @@ def test_viewer_labels_reach_the_reward_models_training_set(tmp_path: Path) -> N
     """Keypresses in the viewer -> store -> HumanTeacher.answers() -> RewardModel."""
     from gymnasium import spaces
 
-    from prefrl.clip_render import RenderInfo
-    from prefrl.presets import RewardSettings
-    from prefrl.reward import RewardModel
-    from prefrl.viewer import LabelViewer, import_pygame
+    from prefrl.config.presets import RewardSettings
+    from prefrl.human.clip_render import RenderInfo
+    from prefrl.human.viewer import LabelViewer, import_pygame
+    from prefrl.reward.model import RewardModel
 
     pg = import_pygame()
     with LabelStore(tmp_path, TASK) as trainer_store:

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefrl.errors import PrefrlError
-from prefrl.labels import SCHEMA_VERSION, Choice, LabelSchedule, LabelStore, Preference
-from prefrl.presets import LabelSettings
-from prefrl.segments import ClipPair, Segment
+from prefrl.config.presets import LabelSettings
+from prefrl.data.segments import ClipPair, Segment
+from prefrl.feedback.labels import SCHEMA_VERSION, Choice, LabelSchedule, LabelStore, Preference
+from prefrl.util.errors import PrefrlError
 
 # --------------------------------------------------------------------------- schedule
 

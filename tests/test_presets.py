@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from prefrl.errors import PrefrlError
-from prefrl.presets import PRESET_DIR, apply_overrides, available_tasks, load_preset
+from prefrl.config.presets import PRESET_DIR, apply_overrides, available_tasks, load_preset
+from prefrl.util.errors import PrefrlError
 
 SUITE = {
     "mujoco": {"hopper", "walker2d", "halfcheetah", "swimmer", "ant", "reacher",

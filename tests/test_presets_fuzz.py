@@ -6,8 +6,8 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefrl.errors import PrefrlError
-from prefrl.presets import SECTIONS, apply_overrides, available_tasks, load_preset, validate
+from prefrl.config.presets import SECTIONS, apply_overrides, available_tasks, load_preset, validate
+from prefrl.util.errors import PrefrlError
 
 KEYS = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 VALUES = st.one_of(

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
 
-from prefrl.errors import PrefrlError
-from prefrl.presets import QUERY_SELECTIONS
-from prefrl.queries import (
+from prefrl.config.presets import QUERY_SELECTIONS
+from prefrl.data.segments import ClipPair, Segment, SegmentBuffer
+from prefrl.feedback.queries import (
     SELECTORS,
     DisagreementSelector,
     EntropySelector,
@@ -17,7 +17,7 @@ from prefrl.queries import (
     draw_queries,
     make_selector,
 )
-from prefrl.segments import ClipPair, Segment, SegmentBuffer
+from prefrl.util.errors import PrefrlError
 
 
 def make_segment(k: int, length: int = 3) -> Segment:

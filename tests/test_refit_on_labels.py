@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from clip_fixtures import vector_segment
-from prefrl.labels import Choice, LabelStore
-from prefrl.presets import load_preset
-from prefrl.segments import ClipPair
+
+from prefrl.config.presets import load_preset
+from prefrl.data.segments import ClipPair
+from prefrl.feedback.labels import Choice, LabelStore
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "refit_on_labels.py"
 spec = importlib.util.spec_from_file_location("refit_on_labels", SCRIPT)

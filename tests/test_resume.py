@@ -19,21 +19,26 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from stable_baselines3 import PPO
-
-import prefrl.checkpoint as checkpoint
 from clip_fixtures import make_pairs
 from run_fixtures import eval_rows
-import prefrl.training as training
-from prefrl.checkpoint import RUN_DIR_SCHEMA, capture_env_state, checkpoint_path, read_checkpoint, restore_env_state
-from prefrl.cli import main
-from prefrl.envs import make_env
-from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, LabelStore
-from prefrl.presets import load_preset
-from prefrl.reward import RewardModel
-from prefrl.teachers import HumanTeacher
-from prefrl.training import (
+from stable_baselines3 import PPO
+
+import prefrl.training.checkpoint as checkpoint
+import prefrl.training.run as training
+from prefrl.cli.main import main
+from prefrl.config.presets import load_preset
+from prefrl.envs.factory import make_env
+from prefrl.feedback.labels import Choice, LabelStore
+from prefrl.feedback.teachers import HumanTeacher
+from prefrl.reward.model import RewardModel
+from prefrl.training.checkpoint import (
+    RUN_DIR_SCHEMA,
+    capture_env_state,
+    checkpoint_path,
+    read_checkpoint,
+    restore_env_state,
+)
+from prefrl.training.run import (
     NonFiniteError,
     RunCheckpointer,
     RunInterrupted,
@@ -43,6 +48,7 @@ from prefrl.training import (
     teacher_state,
     train,
 )
+from prefrl.util.errors import PrefrlError
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Four rollouts of 256 steps; a query round at every rollout end.
@@ -275,7 +281,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
 @pytest.mark.parametrize("text, expected", [("50000", (50000, 0.0)), ("10m", (0, 600.0)), ("90s", (0, 90.0)),
                                             ("1.5h", (0, 5400.0)), ("0", (0, 0.0))])
 def test_checkpoint_interval_option(text, expected):
-    from prefrl.cli import checkpoint_interval
+    from prefrl.cli.main import checkpoint_interval
 
     assert checkpoint_interval(text) == expected
 

@@ -11,10 +11,10 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, Preference
-from prefrl.presets import RewardSettings
-from prefrl.reward import (
+from prefrl.config.presets import RewardSettings
+from prefrl.data.segments import ClipPair, Segment
+from prefrl.feedback.labels import Choice, Preference
+from prefrl.reward.model import (
     EnsembleAtariCNN,
     EnsembleMLP,
     RewardModel,
@@ -24,7 +24,7 @@ from prefrl.reward import (
     preference_loss,
     preference_probability,
 )
-from prefrl.segments import ClipPair, Segment
+from prefrl.util.errors import PrefrlError
 
 OBS_DIM = 4
 ACT_DIM = 2
@@ -619,7 +619,7 @@ def test_a_capped_refit_still_learns():
 
 
 def test_held_out_labels_beyond_the_cap_are_scored_on_a_random_subset(monkeypatch):
-    import prefrl.reward as reward_module
+    import prefrl.reward.model as reward_module
 
     monkeypatch.setattr(reward_module, "MAX_EVAL_PAIRS", 8)
     rng = np.random.default_rng(8)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from prefrl.envs import make_env
-from prefrl.presets import RewardSettings, load_preset
-from prefrl.reward import RewardModel
+from prefrl.config.presets import RewardSettings, load_preset
+from prefrl.envs.factory import make_env
+from prefrl.reward.model import RewardModel
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reward_ranks_policies.py"
 spec = importlib.util.spec_from_file_location("reward_ranks_policies", SCRIPT)

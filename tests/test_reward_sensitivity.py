@@ -8,8 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from prefrl.presets import RewardSettings, load_preset
-from prefrl.reward import RewardModel
+from prefrl.config.presets import RewardSettings, load_preset
+from prefrl.reward.model import RewardModel
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reward_sensitivity.py"
 spec = importlib.util.spec_from_file_location("reward_sensitivity", SCRIPT)

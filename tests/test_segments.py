@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prefrl.segments import ClipPair, Segment, SegmentBuffer
+from prefrl.data.segments import ClipPair, Segment, SegmentBuffer
 
 
 def make_segment(length: int = 5, obs_dim: int = 3, value: float = 0.0, seg_id: str = "s") -> Segment:

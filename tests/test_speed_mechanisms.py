@@ -13,12 +13,12 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from prefrl.labels import Choice, Preference
-from prefrl.presets import RewardSettings
-from prefrl.reward import RewardModel
-from prefrl.segments import ClipPair, Segment, SegmentBuffer
-from prefrl.training import RewardFitter, RolloutRelabelCallback
-from prefrl.vec_wrappers import DeferredRewardVecNormalize, LearnedRewardVecEnv, ReturnNormalizer
+from prefrl.config.presets import RewardSettings
+from prefrl.data.segments import ClipPair, Segment, SegmentBuffer
+from prefrl.feedback.labels import Choice, Preference
+from prefrl.reward.model import RewardModel
+from prefrl.reward.vec_env import DeferredRewardVecNormalize, LearnedRewardVecEnv, ReturnNormalizer
+from prefrl.training.run import RewardFitter, RolloutRelabelCallback
 
 SETTINGS = RewardSettings(hidden_sizes=(32, 32), batch_size=16, learning_rate=3e-3, epochs_per_update=3)
 
@@ -272,8 +272,8 @@ def _labels_and_weights(run_dir):
 
 
 def test_train_background_fit_equals_inline_and_every_mode_runs(tmp_path):
-    from prefrl.presets import load_preset
-    from prefrl.training import RunPaths, train
+    from prefrl.config.presets import load_preset
+    from prefrl.training.run import RunPaths, train
 
     preset = load_preset("pendulum", TINY)
     summaries, results = {}, {}

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from prefrl.cli import main
-from prefrl.errors import PrefrlError
-from prefrl.checkpoint import tail_row
-from prefrl.suite import (
+from prefrl.cli.main import main
+from prefrl.experiments.suite import (
     RunProgress,
     execute_run,
     finished_state,
@@ -27,6 +25,8 @@ from prefrl.suite import (
     run_suite,
     state_files,
 )
+from prefrl.training.checkpoint import tail_row
+from prefrl.util.errors import PrefrlError
 
 TINY = [
     "ppo.total_steps=512", "ppo.n_steps=128", "ppo.batch_size=64", "ppo.n_epochs=2",
@@ -214,15 +214,15 @@ def test_progress_is_read_from_a_growing_log(tmp_path):
 
 
 def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path):
-    from prefrl.checkpoint import CHECKPOINT_FILE
-    from prefrl.presets import apply_overrides
+    from prefrl.config.presets import apply_overrides
+    from prefrl.training.checkpoint import CHECKPOINT_FILE
 
     sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
     spec = next(r for r in sweep.runs if r.name == VICTIM)
     run_dir = sweep.out / spec.name
 
     def killed_attempt(preset) -> None:
-        from prefrl.training import RunPaths, _run_config
+        from prefrl.training.run import RunPaths, _run_config
 
         (run_dir / CHECKPOINT_FILE).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_FILE).write_bytes(b"checkpoint")

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from prefrl.errors import PrefrlError
-from prefrl.labels import Choice, Preference
-from prefrl.presets import TeacherSettings
-from prefrl.segments import ClipPair, Segment
-from prefrl.teachers import SyntheticTeacher, Teacher, make_teacher
+from prefrl.config.presets import TeacherSettings
+from prefrl.data.segments import ClipPair, Segment
+from prefrl.feedback.labels import Choice, Preference
+from prefrl.feedback.teachers import SyntheticTeacher, Teacher, make_teacher
+from prefrl.util.errors import PrefrlError
 
 
 def segment(rewards: list[float] | np.ndarray, after: list[bool] | None = None, sid: str = "") -> Segment:

@@ -1,4 +1,4 @@
-"""prefrl.threads: background threads run at a lower priority than PPO's main thread."""
+"""prefrl.util.threads: background threads run at a lower priority than PPO's main thread."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import threading
 import pytest
 import torch
 
-from prefrl.errors import PrefrlError
-from prefrl.threads import BACKGROUND_NICE, NICE_VARIABLE, background_nice, setup_background_thread
+from prefrl.util.errors import PrefrlError
+from prefrl.util.threads import BACKGROUND_NICE, NICE_VARIABLE, background_nice, setup_background_thread
 
 
 def nice_of_a_worker() -> int:

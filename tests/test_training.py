@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from prefrl.presets import load_preset
-from prefrl.report import compare
-from prefrl.training import RunPaths, train
+from prefrl.analysis.report import compare
+from prefrl.config.presets import load_preset
+from prefrl.training.run import RunPaths, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_fixtures import tensors  # noqa: E402
@@ -105,7 +105,7 @@ def test_compare_writes_plot_and_table(runs, tmp_path):
 
 
 def test_refuses_to_overwrite_a_run(runs):
-    from prefrl.errors import PrefrlError
+    from prefrl.util.errors import PrefrlError
 
     preset = load_preset("pendulum", list(TINY))
     with pytest.raises(PrefrlError, match="already holds a run"):
@@ -147,8 +147,8 @@ def test_ppo_policy_settings_reach_the_policy():
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from prefrl.envs import make_env
-    from prefrl.training import policy_kwargs
+    from prefrl.envs.factory import make_env
+    from prefrl.training.run import policy_kwargs
 
     def policy(*overrides: str):
         preset = load_preset("pendulum", list(overrides))

@@ -4,8 +4,8 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from prefrl.segments import SegmentBuffer
-from prefrl.vec_wrappers import LearnedRewardVecEnv, SegmentRecorder
+from prefrl.data.segments import SegmentBuffer
+from prefrl.reward.vec_env import LearnedRewardVecEnv, SegmentRecorder
 
 
 def _venv(n: int = 2) -> DummyVecEnv:

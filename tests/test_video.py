@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from prefrl.cli import main
-from prefrl.presets import load_preset
-from prefrl.training import RunPaths, train
-from prefrl.video import HEADER_HEIGHT, STRIP_HEIGHT, compose_frame, record_video
+from prefrl.analysis.video import HEADER_HEIGHT, STRIP_HEIGHT, compose_frame, record_video
+from prefrl.cli.main import main
+from prefrl.config.presets import load_preset
+from prefrl.training.run import RunPaths, train
 
 TINY_MUJOCO = [
     "ppo.total_steps=256", "ppo.n_steps=128", "ppo.batch_size=64", "ppo.n_epochs=1",
@@ -73,8 +73,8 @@ def make_atari_run(run_dir: Path, max_steps: int) -> Path:
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from prefrl.envs import make_env
-    from prefrl.reward import RewardModel
+    from prefrl.envs.factory import make_env
+    from prefrl.reward.model import RewardModel
 
     preset = load_preset("pong", [f"eval.max_episode_steps={max_steps}", "ppo.n_steps=16", "ppo.batch_size=16"])
     run_dir.mkdir(parents=True)

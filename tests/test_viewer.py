@@ -8,27 +8,27 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-
 from clip_fixtures import DRIVER, make_pairs, make_store, subprocess_env  # noqa: E402
-from prefrl.clip_render import (  # noqa: E402
+
+from prefrl.data.segments import Segment  # noqa: E402
+from prefrl.feedback.labels import Choice, LabelStore  # noqa: E402
+from prefrl.human.clip_render import (  # noqa: E402
     ClipRenderer,
     RenderInfo,
     find_clips,
     fit_frames,
     plot_frames,
 )
-from prefrl.errors import PrefrlError  # noqa: E402
-from prefrl.labels import Choice, LabelStore  # noqa: E402
-from prefrl.segments import Segment  # noqa: E402
-from prefrl.viewer import LabelViewer, clip_box, import_pygame  # noqa: E402
+from prefrl.human.viewer import LabelViewer, clip_box, import_pygame  # noqa: E402
+from prefrl.util.errors import PrefrlError  # noqa: E402
 
 pg = import_pygame()
 TASK = "testtask"
@@ -242,7 +242,7 @@ def test_missing_pygame_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_core_modules_do_not_import_pygame() -> None:
-    code = ("import sys; import prefrl.clip_render, prefrl.teachers, prefrl.labels; "
+    code = ("import sys; import prefrl.human.clip_render, prefrl.feedback.teachers, prefrl.feedback.labels; "
             "sys.exit(int('pygame' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], env=subprocess_env()).returncode == 0
 
@@ -277,7 +277,7 @@ def test_two_viewers_on_one_store_never_share_a_pair(tmp_path: Path) -> None:
 
 
 def test_leases_are_renewed_while_the_viewer_lives_and_released_when_it_quits(tmp_path: Path) -> None:
-    from prefrl.clip_render import PairPrefetcher
+    from prefrl.human.clip_render import PairPrefetcher
 
     make_store(tmp_path, 3)
     with LabelStore(tmp_path, TASK) as store:
@@ -386,7 +386,7 @@ def test_mujoco_states_are_rendered_once_and_cached(tmp_path: Path, egl_renderer
 
 
 def test_viewer_shows_a_mujoco_pair(tmp_path: Path, egl_renderer_ok: None) -> None:
-    from prefrl.segments import ClipPair
+    from prefrl.data.segments import ClipPair
 
     info = RenderInfo(task=TASK, domain="mujoco", env_id="InvertedPendulum-v5", render_size=(120, 120))
     pair = ClipPair(_pendulum_segment("m0"), _pendulum_segment("m1"), pair_id="m000000")
@@ -442,7 +442,7 @@ def test_find_clips_from_a_run_dir_and_from_a_clips_folder(tmp_path: Path) -> No
 def _parser():  # type: ignore[no-untyped-def]
     import argparse
 
-    from prefrl.cli_labels import add_label_commands
+    from prefrl.cli.labels import add_label_commands
 
     class OneLineParser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
@@ -454,7 +454,7 @@ def _parser():  # type: ignore[no-untyped-def]
 
 
 def test_label_commands_parse_and_point_to_their_handlers(capsys: pytest.CaptureFixture[str]) -> None:
-    from prefrl import cli_labels
+    from prefrl.cli import labels as cli_labels
 
     parser = _parser()
     args = parser.parse_args(["label", "runs/x", "--name", "ann"])
@@ -495,12 +495,12 @@ def test_labels_export_and_import_move_labels_between_runs(tmp_path: Path, capsy
 
 
 def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> None:
-    pytest.importorskip("prefrl.envs")
+    pytest.importorskip("prefrl.envs.factory")
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from prefrl.envs import make_env
-    from prefrl.presets import load_preset
+    from prefrl.config.presets import load_preset
+    from prefrl.envs.factory import make_env
 
     parser = _parser()
     out = tmp_path / "random"
@@ -532,9 +532,9 @@ def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> No
 
 
 def test_atari_clips_show_the_masked_frames(tmp_path: Path) -> None:
-    pytest.importorskip("prefrl.envs")
-    from prefrl.cli_labels import collect_clip_pairs
-    from prefrl.presets import load_preset
+    pytest.importorskip("prefrl.envs.factory")
+    from prefrl.cli.labels import collect_clip_pairs
+    from prefrl.config.presets import load_preset
 
     preset = load_preset("pong")
     summary = collect_clip_pairs(preset, 1, tmp_path, seed=0, log=lambda line: None)

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from clip_fixtures import REPO, make_store
-from prefrl.clip_render import RenderInfo
-from prefrl.labels import LabelStore
-from prefrl.viewer import Layout, Theme, clip_box
+
+from prefrl.feedback.labels import LabelStore
+from prefrl.human.clip_render import RenderInfo
+from prefrl.human.viewer import Layout, Theme, clip_box
 
 _spec = importlib.util.spec_from_file_location("viewer_screenshots", REPO / "scripts" / "viewer_screenshots.py")
 assert _spec is not None and _spec.loader is not None
@@ -94,7 +94,7 @@ def test_viewer_without_a_display_fails_with_one_line(tmp_path: Path) -> None:
     make_store(tmp_path, 1)
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "SDL_VIDEODRIVER", "WAYLAND_DISPLAY")}
     env["PYTHONPATH"] = str(REPO)
-    result = subprocess.run([sys.executable, "-m", "prefrl.viewer", str(tmp_path)], capture_output=True, text=True,
+    result = subprocess.run([sys.executable, "-m", "prefrl.cli", "label", str(tmp_path)], capture_output=True, text=True,
                             env=env, timeout=30)
     assert result.returncode == 2
     assert result.stderr.startswith("prefrl: error: cannot open a window") and result.stderr.count("\n") == 1

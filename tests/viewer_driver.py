@@ -1,4 +1,4 @@
-"""A scripted labeller for tests: a real :class:`~prefrl.viewer.LabelViewer` in its own
+"""A scripted labeller for tests: a real :class:`~prefrl.human.viewer.LabelViewer` in its own
 process that answers every pair it is shown by posting key events.
 
 Run as ``python tests/viewer_driver.py CLIPS_DIR TASK --name NAME [--delay S]``; prints
@@ -17,8 +17,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from prefrl.clip_render import RenderInfo  # noqa: E402
-from prefrl.viewer import LabelViewer, import_pygame  # noqa: E402
+from prefrl.human.clip_render import RenderInfo  # noqa: E402
+from prefrl.human.viewer import LabelViewer, import_pygame  # noqa: E402
 
 
 def main() -> int:

@@ -1,0 +1,1 @@
+"""Reading finished runs: comparison tables and plots, the HTML report, videos."""

@@ -1,0 +1,1 @@
+"""The ``prefrl`` command line. Nothing in the package imports it."""
