@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
-from prefrl.config.presets import RewardSettings
+from prefrl.config.settings import RewardSettings
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import Choice, Preference
+from prefrl.feedback.choices import Choice, Preference
 from prefrl.reward.model import RewardModel
 
 

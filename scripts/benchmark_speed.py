@@ -48,12 +48,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefrl.config.presets import Preset, load_preset
+from prefrl.config.loading import load_preset
+from prefrl.config.settings import Preset
 from prefrl.data.segments import ClipPair, Segment
 from prefrl.envs.factory import make_env
-from prefrl.feedback.labels import Choice, Preference
-from prefrl.reward.model import RewardModel, evaluation_sizes, refit_minibatches
-from prefrl.training.run import RunPaths, train
+from prefrl.feedback.choices import Choice, Preference
+from prefrl.reward.model import RewardModel
+from prefrl.reward.trainer import evaluation_sizes, refit_minibatches
+from prefrl.training.run import train
+from prefrl.training.run_dir import RunPaths
 from prefrl.util.threads import NICE_VARIABLE, background_nice
 
 #: Window settings per task: steps and repeats of each arm, and overrides of the learned
@@ -240,7 +243,7 @@ def atari_envs(steps: int) -> tuple[list[tuple[str, str, str]], str]:
     from ale_py.vector_env import AtariVectorEnv
 
     from prefrl.envs.ale_vec_env import make_ale_vec_env
-    from prefrl.training.run import make_vec_env
+    from prefrl.envs.vec_env import make_vec_env
 
     preset = load_preset("pong")
     task = preset.task

@@ -98,7 +98,7 @@ def labeller_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     sys.path.insert(0, str(ROOT))
-    from prefrl.human.clip_render import find_clips
+    from prefrl.human.clips import find_clips
     from prefrl.human.viewer import LabelViewer, import_pygame
 
     pg = import_pygame()

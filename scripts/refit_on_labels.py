@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from prefrl.analysis.video import load_run_preset
-from prefrl.config.presets import apply_overrides
+from prefrl.config.loading import apply_overrides
 from prefrl.envs.factory import make_env
-from prefrl.feedback.labels import Choice, LabelStore, Preference
+from prefrl.feedback.choices import Choice, Preference
+from prefrl.feedback.store import LabelStore
 from prefrl.reward.model import RewardModel
 from prefrl.util.errors import PrefrlError
 

@@ -29,9 +29,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from prefrl.config.presets import load_preset
+from prefrl.config.loading import load_preset
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import Choice, Preference
+from prefrl.feedback.choices import Choice, Preference
 from prefrl.reward.model import RewardModel
 from prefrl.util.errors import PrefrlError
 

@@ -27,7 +27,7 @@ import gymnasium as gym
 import numpy as np
 
 from prefrl.analysis.video import load_run_preset
-from prefrl.config.presets import Preset
+from prefrl.config.settings import Preset
 from prefrl.envs.factory import make_env
 from prefrl.reward.model import RewardModel
 from prefrl.util.errors import PrefrlError

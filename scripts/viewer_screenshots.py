@@ -166,7 +166,7 @@ def main() -> int:
         return 2
     sys.path.insert(0, str(REPO))
     from prefrl.cli.labels import collect_clip_pairs
-    from prefrl.config.presets import load_preset
+    from prefrl.config.loading import load_preset
 
     with tempfile.TemporaryDirectory() as tmp, xvfb() as display:
         for task in args.tasks:

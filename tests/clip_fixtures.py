@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import LabelStore
+from prefrl.feedback.store import LabelStore
 
 DRIVER = Path(__file__).resolve().parent / "viewer_driver.py"
 REPO = Path(__file__).resolve().parent.parent

@@ -12,10 +12,11 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.util import obs_space_info
 
-from prefrl.config.presets import load_preset
-from prefrl.envs.ale_vec_env import AleVectorEnv, gray_lut, make_ale_vec_env, rgb_to_gray
-from prefrl.training.checkpoint import capture_vec_env, restore_vec_env
-from prefrl.training.run import make_vec_env
+from prefrl.config.loading import load_preset
+from prefrl.envs.ale_vec_env import AleVectorEnv, make_ale_vec_env
+from prefrl.envs.grayscale import gray_lut, rgb_to_gray
+from prefrl.envs.state import capture_vec_env, restore_vec_env
+from prefrl.envs.vec_env import make_vec_env
 from prefrl.util.errors import PrefrlError
 
 

@@ -1,5 +1,6 @@
 """The command line: listing, bad input (one line, exit 2), a tiny train + compare."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,6 +9,8 @@ from pathlib import Path
 import pytest
 
 from prefrl.cli.main import main
+from prefrl.config.loading import available_tasks, load_preset
+from prefrl.config.settings import PPOSettings
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -17,32 +20,44 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 
 def test_tasks_lists_every_preset(capsys):
     assert main(["tasks"]) == 0
-    out = capsys.readouterr().out
-    for name in ("hopper", "halfcheetah", "pong", "beamrider", "cartpole"):
-        assert name in out
+    rows = [line.split(maxsplit=2) for line in capsys.readouterr().out.splitlines()]
+    presets = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "envs").glob("*.toml"))
+    assert [row[0] for row in rows] == presets  # one line per preset file, in name order
+    assert {"hopper", "halfcheetah", "pong", "beamrider", "cartpole"} <= set(presets)
+    for name, env_id, description in rows:
+        task = load_preset(name).task
+        assert env_id == task.env_id and description == task.description + (" [test preset]" if task.for_tests else "")
 
 
 @pytest.mark.parametrize(
-    "args, needle",
+    "args, message",
     [
-        (["train", "nosuchtask"], "nosuchtask"),
-        (["train", "pendulum", "--set", "ppo.nosuchkey=1"], "ppo.nosuchkey"),
-        (["train", "pendulum", "--set", "ppo.total_steps=abc"], "abc"),
-        (["train", "pendulum", "--set", "nonsense"], "nonsense"),
-        (["train", "pendulum", "--labels", "0"], "0"),
-        (["train", "pendulum", "--steps", "-5"], "-5"),
-        (["train", "pendulum", "--set", "labels.initial_labels=999"], "999"),
-        (["train", "pendulum", "--set", "task.clip_length=500"], "500"),
-        (["compare", "/nonexistent/run"], "/nonexistent/run"),
+        (["train", "nosuchtask"], f"unknown task 'nosuchtask'; valid tasks: {', '.join(available_tasks())}"),
+        (["train", "pendulum", "--set", "ppo.nosuchkey=1"],
+         "--set 'ppo.nosuchkey=1': unknown setting 'ppo.nosuchkey'; valid keys of [ppo]: "
+         + ", ".join(sorted(f.name for f in dataclasses.fields(PPOSettings)))),
+        (["train", "pendulum", "--set", "ppo.total_steps=abc"],
+         "--set ppo.total_steps = 'abc' is not a whole number; give a whole number, e.g. 2048"),
+        (["train", "pendulum", "--set", "nonsense"],
+         "--set 'nonsense' is malformed; write section.key=value, e.g. ppo.total_steps=10000"),
+        (["train", "pendulum", "--labels", "0"], "train: argument --labels: 0 is not positive; give a positive whole number"),
+        (["train", "pendulum", "--steps", "-5"], "train: argument --steps: -5 is not positive; give a positive whole number"),
+        (["train", "pendulum", "--set", "labels.initial_labels=999"],
+         "labels.initial_labels = 999 in --set overrides is invalid: it is above labels.budget = 40; "
+         "lower labels.initial_labels or raise labels.budget (--labels)"),
+        (["train", "pendulum", "--set", "task.clip_length=500"],
+         "task.clip_length = 500 in --set overrides is invalid: a clip is longer than task.horizon = 200 "
+         "(a whole episode); lower task.clip_length or raise task.horizon"),
+        (["compare", "/nonexistent/run"],
+         "run directory '/nonexistent/run' does not exist; give a folder written by `prefrl train`"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, needle, capsys):
+def test_bad_input_is_one_line_and_exit_2(args, message, capsys):
     with pytest.raises(SystemExit) as exc:
         sys.exit(main(args))
     assert exc.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0, err
-    assert needle in err and err.startswith("prefrl")
+    err = capsys.readouterr().err
+    assert err == f"prefrl: error: {message}\n"
 
 
 def test_malformed_preset_file(tmp_path, capsys):

@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 
-from prefrl.config.presets import load_preset
-from prefrl.training.run import RunPaths, train
+from prefrl.config.loading import load_preset
+from prefrl.training.run import train
+from prefrl.training.run_dir import RunPaths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_fixtures import eval_rows, tensors  # noqa: E402

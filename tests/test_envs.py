@@ -9,14 +9,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from prefrl.config.presets import apply_overrides, available_tasks, load_preset
-from prefrl.envs.factory import (
-    ContinuePastTermination,
-    FixedHorizon,
-    ResetOnNonFinite,
-    make_env,
-)
+from prefrl.config.loading import apply_overrides, available_tasks, load_preset
+from prefrl.envs.factory import make_env
 from prefrl.envs.registration import register_suite, task_env_id
+from prefrl.envs.wrappers import ContinuePastTermination, FixedHorizon, ResetOnNonFinite
 from prefrl.util.errors import PrefrlError
 
 ATARI = [name for name in available_tasks() if load_preset(name).task.domain == "atari"]
@@ -49,12 +45,30 @@ def test_training_env_passes_gymnasium_checker(name: str) -> None:
 
 @pytest.mark.parametrize("name", available_tasks())
 def test_evaluation_env_builds(name: str) -> None:
-    env = make_env(load_preset(name), evaluation=True)
+    """The task's real rules (none of the training wrappers; its own time limit, or
+    ``eval.max_episode_steps``) with the training env's spaces, so a trained agent fits it."""
+    preset = load_preset(name)
+    env, training_env = make_env(preset, evaluation=True), make_env(preset)
     try:
-        env.reset(seed=0)
-        env.step(env.action_space.sample())
+        assert env.observation_space == training_env.observation_space
+        assert env.action_space == training_env.action_space
+        chain, inner = [], env
+        while isinstance(inner, gym.Wrapper):
+            chain.append(inner)
+            inner = inner.env
+        assert not [w for w in chain if isinstance(w, (FixedHorizon, ContinuePastTermination, ResetOnNonFinite))]
+        limits = [w for w in chain if isinstance(w, gym.wrappers.TimeLimit)]
+        cap = preset.eval.max_episode_steps
+        wanted = cap if cap > 0 else gym.spec(preset.task.env_id).max_episode_steps
+        assert (limits[0]._max_episode_steps if limits else None) == wanted
+        obs, info = env.reset(seed=0)
+        assert env.observation_space.contains(obs) and "after_termination" not in info
+        obs, reward, terminated, truncated, info = env.step(env.action_space.sample())
+        assert env.observation_space.contains(obs) and np.isfinite(reward)
+        assert "after_termination" not in info
     finally:
         env.close()
+        training_env.close()
 
 
 def _run_episode(env: gym.Env, seed: int, max_steps: int = 100_000) -> tuple[int, bool, list[dict]]:

@@ -17,8 +17,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from clip_fixtures import DRIVER, make_pairs, subprocess_env  # noqa: E402
 
-from prefrl.config.presets import TeacherSettings  # noqa: E402
-from prefrl.feedback.labels import Choice, LabelStore, Preference  # noqa: E402
+from prefrl.config.settings import TeacherSettings  # noqa: E402
+from prefrl.feedback.choices import Choice, Preference  # noqa: E402
+from prefrl.feedback.store import LabelStore  # noqa: E402
 from prefrl.feedback.teachers import TEACHER_KINDS, HumanTeacher, SyntheticTeacher, Teacher, make_teacher  # noqa: E402
 from prefrl.util.errors import PrefrlError  # noqa: E402
 
@@ -128,8 +129,8 @@ def test_viewer_labels_reach_the_reward_models_training_set(tmp_path: Path) -> N
     """Keypresses in the viewer -> store -> HumanTeacher.answers() -> RewardModel."""
     from gymnasium import spaces
 
-    from prefrl.config.presets import RewardSettings
-    from prefrl.human.clip_render import RenderInfo
+    from prefrl.config.settings import RewardSettings
+    from prefrl.human.clips import RenderInfo
     from prefrl.human.viewer import LabelViewer, import_pygame
     from prefrl.reward.model import RewardModel
 

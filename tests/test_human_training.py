@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from prefrl.feedback.labels import Choice, LabelStore
+from prefrl.feedback.choices import Choice
+from prefrl.feedback.store import LabelStore
 
 
 def test_human_run_waits_for_initial_labels_then_trains_while_labels_arrive(tmp_path: Path) -> None:

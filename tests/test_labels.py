@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefrl.config.presets import LabelSettings
+from prefrl.config.settings import LabelSettings
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import SCHEMA_VERSION, Choice, LabelSchedule, LabelStore, Preference
+from prefrl.feedback.choices import Choice, Preference
+from prefrl.feedback.schedule import LabelSchedule
+from prefrl.feedback.schema import SCHEMA_VERSION
+from prefrl.feedback.store import LabelStore
 from prefrl.util.errors import PrefrlError
 
 # --------------------------------------------------------------------------- schedule

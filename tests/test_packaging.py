@@ -4,6 +4,7 @@ installed inside the package (``prefrl._presets``), and ``import prefrl`` regist
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -18,9 +19,15 @@ PRESETS = sorted(path.stem for path in (ROOT / "envs").glob("*.toml"))
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    # No build isolation: the venv's setuptools builds it, nothing is downloaded.
+    # Build from a copy of what the wheel needs, so setuptools' build/ folder stays out of
+    # the checkout; no build isolation: the venv's setuptools builds it, nothing is downloaded.
+    source = out / "source"
+    for folder in ("prefrl", "envs"):
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    for file in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / file, source / file)
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--disable-pip-version-check", "-w", str(out), str(ROOT)], check=True, cwd=out)
+                    "--disable-pip-version-check", "-w", str(out), str(source)], check=True, cwd=out)
     (found,) = out.glob("prefrl-*.whl")
     return found
 

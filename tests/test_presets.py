@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from prefrl.config.presets import PRESET_DIR, apply_overrides, available_tasks, load_preset
+from prefrl.config import settings
+from prefrl.config.loading import PRESET_DIR, apply_overrides, available_tasks, load_preset
 from prefrl.util.errors import PrefrlError
 
 SUITE = {
@@ -139,3 +140,10 @@ def test_overrides_apply_with_type_checks() -> None:
 )
 def test_invalid_values_are_named(override: str, named: str) -> None:
     _raises_one_line(named, apply_overrides, load_preset("cartpole"), [override])
+
+
+@pytest.mark.parametrize("cls", [settings.Preset, *settings.SECTIONS.values()], ids=lambda cls: cls.__name__)
+def test_every_setting_states_its_meaning_in_one_line(cls: type) -> None:
+    # The reference of the preset keys is generated from these.
+    for name, doc in settings.setting_docs(cls).items():
+        assert doc.strip() and "\n" not in doc, f"{cls.__name__}.{name}: {doc!r}"

@@ -2,11 +2,14 @@
 PrefrlError naming the key; never another exception, never a half-applied preset."""
 
 import dataclasses
+import tomllib
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prefrl.config.presets import SECTIONS, apply_overrides, available_tasks, load_preset, validate
+from prefrl.config.loading import apply_overrides, available_tasks, load_preset
+from prefrl.config.settings import SECTIONS
+from prefrl.config.validation import validate
 from prefrl.util.errors import PrefrlError
 
 KEYS = [f"{section}.{f.name}" for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
@@ -34,7 +37,17 @@ def test_any_override_is_valid_or_a_one_line_error(task: str, key: str, value: s
     validate(result)  # what came back is a fully valid preset
     for section_name in SECTIONS:
         for f in dataclasses.fields(SECTIONS[section_name]):
-            value = getattr(getattr(result, section_name), f.name)
-            assert not (isinstance(value, float) and value != value), f"{section_name}.{f.name} is nan"
+            setting = getattr(getattr(result, section_name), f.name)
+            assert not (isinstance(setting, float) and setting != setting), f"{section_name}.{f.name} is nan"
+    # The override took effect on its key and nowhere else.
     section, _, name = key.partition(".")
-    assert dataclasses.replace(getattr(result, section)) == getattr(result, section)
+    new = getattr(getattr(result, section), name)
+    old = getattr(getattr(preset, section), name)
+    restored = dataclasses.replace(result, **{section: dataclasses.replace(getattr(result, section), **{name: old})})
+    assert restored == preset, f"--set {key}={value} changed other settings too"
+    try:
+        parsed = tomllib.loads(f"v = {value.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = None
+    if isinstance(parsed, (int, float)) and isinstance(new, (int, float)):  # bools are ints too
+        assert new == parsed and isinstance(new, bool) == isinstance(parsed, bool), (key, value, new)

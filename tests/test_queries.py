@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from prefrl.config.presets import QUERY_SELECTIONS
+from prefrl.config.settings import QUERY_SELECTIONS
 from prefrl.data.segments import ClipPair, Segment, SegmentBuffer
 from prefrl.feedback.queries import (
     SELECTORS,

@@ -2,14 +2,17 @@
 
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from clip_fixtures import vector_segment
 
-from prefrl.config.presets import load_preset
+from prefrl.config.loading import load_preset
 from prefrl.data.segments import ClipPair
-from prefrl.feedback.labels import Choice, LabelStore
+from prefrl.feedback.choices import Choice
+from prefrl.feedback.store import LabelStore
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "refit_on_labels.py"
 spec = importlib.util.spec_from_file_location("refit_on_labels", SCRIPT)
@@ -43,14 +46,17 @@ def test_replays_the_answers_in_order_and_prints_a_row_per_fit(tmp_path, capsys)
     prefs = refit.stored_preferences(tmp_path / "run" / "clips", "cartpole")
     assert len(prefs) == 24 and [p.pair.pair_id for p in prefs[:4]] == ["q0", "q1", "q2", "q4"]
 
-    args = ["--first", "10", "--step", "5", "--refits", "5", "--pretrain-epochs", "3", "--epochs", "2"]
+    args = ["--first", "10", "--step", "5", "--refits", "5", "--pretrain-epochs", "100", "--epochs", "50"]
     assert refit.main([str(tmp_path / "run"), *args, "--set", "reward.dropout=0.0"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("cartpole: 24 answers in ") and lines[1] == "reward settings: reward.dropout=0.0"
     rows = [line.split() for line in lines[3:-1]]
     # 10 answers, then +5, +5 and the last 4: the answers run out before 5 refits.
     assert [(r[0], r[1], r[2]) for r in rows] == [("0", "10", "9"), ("1", "15", "14"), ("2", "20", "19"), ("3", "24", "23")]
-    assert all(0.0 < float(r[3]) < 2.0 and 0.0 <= float(r[5]) <= 1.0 for r in rows)
+    # The answers follow a simple rule (the larger first observation wins): the fits learn
+    # it, in the answers' direction (a loss of ln 2 is chance; swapped sides would score ~0).
+    train_loss, val_loss, val_accuracy = (float(rows[-1][i]) for i in (3, 4, 5))
+    assert train_loss < math.log(2) and val_loss < math.log(2) and val_accuracy >= 0.75, rows[-1]
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
@@ -94,7 +100,16 @@ def test_test_scores_by_hand():
     assert np.isclose(scores["test_return_corr"], np.corrcoef(predicted, true)[0, 1])
 
 
-def test_held_out_test_answers_are_scored_and_never_fitted(tmp_path, capsys):
+def test_held_out_test_answers_are_scored_and_never_fitted(tmp_path, capsys, monkeypatch):
+    scored = []
+    score = refit.test_scores
+
+    def recording_scores(model, test):
+        scores = score(model, test)
+        scored.append(([p.pair.pair_id for p in test], scores))
+        return scores
+
+    monkeypatch.setattr(refit, "test_scores", recording_scores)
     make_run(tmp_path / "run", 25)
     args = ["--first", "10", "--step", "5", "--refits", "1", "--pretrain-epochs", "2", "--epochs", "1", "--test", "8"]
     assert refit.main([str(tmp_path / "run"), *args]) == 0
@@ -103,6 +118,16 @@ def test_held_out_test_answers_are_scored_and_never_fitted(tmp_path, capsys):
     assert lines[3].split()[-2:] == ["test_accuracy", "test_return_corr"]
     rows = [line.split() for line in lines[4:-1]]
     # 24 answers, 8 held out: 16 to fit on; 10 then 15.
-    assert [r[1] for r in rows] == ["10", "15"] and all(0.0 <= float(r[-2]) <= 1.0 for r in rows)
+    assert [r[1] for r in rows] == ["10", "15"]
+    # Every fit is scored on the newest 8 answers (q17..q24), and the row shows those scores.
+    newest = [f"q{k}" for k in range(17, 25)]
+    assert [ids for ids, _ in scored] == [newest, newest]
+    assert [(float(r[-2]), float(r[-1])) for r in rows] == [
+        pytest.approx((s["test_accuracy"], s["test_return_corr"]), rel=1e-3) for _, s in scored]
+    # Never fitted on: the fits are those of a run that only ever had the first 16 answers.
+    make_run(tmp_path / "first_16", 17)
+    assert refit.main([str(tmp_path / "first_16"), *args[:-2]]) == 0
+    alone = [line.split()[:7] for line in capsys.readouterr().out.strip().splitlines()[3:-1]]
+    assert [r[:7] for r in rows] == alone  # all but the time
     assert refit.main([str(tmp_path / "run"), "--test", "24"]) == 2
     assert "--test 24 leaves none of the 24 answers" in capsys.readouterr().err

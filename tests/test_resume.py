@@ -4,6 +4,7 @@ values and run directories of other layout versions are handled with clear messa
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -20,34 +21,26 @@ import numpy as np
 import pytest
 import torch
 from clip_fixtures import make_pairs
-from run_fixtures import eval_rows
+from run_fixtures import eval_rows, tensors
 from stable_baselines3 import PPO
 
+import prefrl.envs.vec_env as vec_env
 import prefrl.training.checkpoint as checkpoint
-import prefrl.training.run as training
+import prefrl.training.pretraining as pretraining
+import prefrl.training.run_dir as run_dirs
 from prefrl.cli.main import main
-from prefrl.config.presets import load_preset
+from prefrl.config.loading import load_preset
 from prefrl.envs.factory import make_env
-from prefrl.feedback.labels import Choice, LabelStore
+from prefrl.envs.state import capture_env_state, restore_env_state
+from prefrl.feedback.choices import Choice
+from prefrl.feedback.store import LabelStore
 from prefrl.feedback.teachers import HumanTeacher
 from prefrl.reward.model import RewardModel
-from prefrl.training.checkpoint import (
-    RUN_DIR_SCHEMA,
-    capture_env_state,
-    checkpoint_path,
-    read_checkpoint,
-    restore_env_state,
-)
-from prefrl.training.run import (
-    NonFiniteError,
-    RunCheckpointer,
-    RunInterrupted,
-    RunPaths,
-    StoredPair,
-    load_teacher_state,
-    teacher_state,
-    train,
-)
+from prefrl.training.callbacks import StoredPair
+from prefrl.training.checkpoint import RUN_DIR_SCHEMA, checkpoint_path, read_checkpoint
+from prefrl.training.checkpointing import NonFiniteError, RunCheckpointer, RunInterrupted
+from prefrl.training.run import train
+from prefrl.training.run_dir import RunPaths
 from prefrl.util.errors import PrefrlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,6 +57,11 @@ def _train(task: str, run_dir: Path, extra: tuple[str, ...] = (), **kwargs) -> d
     preset = load_preset(task, TINY + list(extra))
     kwargs.setdefault("checkpoint_steps", 256)
     return train(preset, paths=RunPaths(run_dir, run_dir / "clips"), progress=False, **kwargs)
+
+
+def _checkpoint_files(run_dir: Path) -> list[str]:
+    """The kinds of file in a run's checkpoint folder (``tensors.<token>.pt`` -> ``tensors``)."""
+    return sorted(p.name.split(".")[0] for p in (run_dir / "checkpoint").iterdir())
 
 
 def _interrupt_at(monkeypatch, step: int, how: str = "sigint") -> None:
@@ -106,8 +104,12 @@ def _assert_same_run(a: Path, b: Path, learned: bool = True) -> None:
         assert _labels(a) == _labels(b)
         net_a = torch.load(a / "reward_model.pt", weights_only=False)
         net_b = torch.load(b / "reward_model.pt", weights_only=False)
-        for key in ("net", "optimizer"):
-            assert str(net_a[key]) == str(net_b[key]), key  # tensors and Adam's moments
+        for key in ("net", "optimizer"):  # the weights, and Adam's moments and step counts
+            tensors_a, tensors_b = dict(tensors(net_a[key], key)), dict(tensors(net_b[key], key))
+            assert tensors_a.keys() == tensors_b.keys() and tensors_a, key
+            for name in tensors_a:
+                assert torch.equal(tensors_a[name], tensors_b[name]), name
+        assert net_a["optimizer"]["param_groups"] == net_b["optimizer"]["param_groups"]
         assert torch.equal(net_a["norm_mean"], net_b["norm_mean"])
 
 
@@ -159,22 +161,23 @@ def test_a_hard_kill_resumes_from_the_last_checkpoint(reference, tmp_path, monke
 def test_a_run_killed_before_its_first_checkpoint_starts_over(reference, tmp_path, monkeypatch):
     """Killed while pretraining (labels asked and stored, no checkpoint yet): the same
     command starts the run over in its directory and ends as the uninterrupted run."""
-    real_fit = training.fit_reward_model
+    real_fit = pretraining.fit_reward_model
 
     def crash(*args, **kwargs):
         raise _Crash(0)
 
-    monkeypatch.setattr(training, "fit_reward_model", crash)
+    monkeypatch.setattr(pretraining, "fit_reward_model", crash)
     run_dir = tmp_path / "run"
     with pytest.raises(_Crash):
         _train("pendulum", run_dir)
     assert not checkpoint_path(run_dir).exists() and (run_dir / "clips" / "labels.sqlite").is_file()
-    monkeypatch.setattr(training, "fit_reward_model", real_fit)
+    monkeypatch.setattr(pretraining, "fit_reward_model", real_fit)
     (run_dir / "checkpoint").mkdir()
-    (run_dir / "checkpoint" / ".state.pt.x1y2.tmp").write_bytes(b"torn")  # a write cut by a kill
+    (run_dir / "checkpoint" / ".state.json.x1y2.tmp").write_bytes(b"torn")  # a write cut by a kill
+    (run_dir / "checkpoint" / "tensors.0-x1y2.pt").write_bytes(b"torn")  # a data file never committed
     _train("pendulum", run_dir)
     _assert_same_run(reference, run_dir)
-    assert [p.name for p in (run_dir / "checkpoint").iterdir()] == ["state.pt"]
+    assert _checkpoint_files(run_dir) == ["arrays", "state", "tensors"]
 
 
 def test_mujoco_run_with_normalisation_resumes_exactly(tmp_path, monkeypatch):
@@ -191,9 +194,10 @@ def test_mujoco_run_with_normalisation_resumes_exactly(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("task", ["cartpole", "invertedpendulum", "pong"])
-def test_env_state_restores_exactly(task):
+def test_env_state_restores_exactly(task, tmp_path):
     """A captured env state put into another env (other seed) continues identically:
-    classic control, MuJoCo (whole MjData) and Atari (emulator with its RNG)."""
+    classic control, MuJoCo (whole MjData) and Atari (emulator with its RNG), also
+    after a trip through the checkpoint files."""
     preset = load_preset(task, ["task.sticky_action_prob=0.25"] if task == "pong" else [])
     source, target = make_env(preset), make_env(preset)
     source.reset(seed=1)
@@ -202,7 +206,8 @@ def test_env_state_restores_exactly(task):
     actions = [source.action_space.sample() for _ in range(120)]
     for action in actions[:40]:
         source.step(action)
-    restore_env_state(target, capture_env_state(source))
+    checkpoint.write_checkpoint(tmp_path, 40, {"env": capture_env_state(source)})
+    restore_env_state(target, read_checkpoint(tmp_path)["state"]["env"])
     for action in actions[40:]:
         obs_a, reward_a, *_ = source.step(action)
         obs_b, reward_b, *_ = target.step(action)
@@ -259,11 +264,11 @@ def test_a_run_started_before_a_setting_existed_resumes_with_its_old_behaviour(t
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / "config.json").write_text(json.dumps(old))
-    assert training.open_run_dir(run_dir, config) == (None, [])
+    assert run_dirs.open_run_dir(run_dir, config) == (None, [])
     capped = json.loads(json.dumps(config))
     capped["preset"]["reward"]["max_pairs_per_update"] = 768
     with pytest.raises(PrefrlError, match=r"reward.max_pairs_per_update \(0 -> 768\)"):
-        training.open_run_dir(run_dir, capped)
+        run_dirs.open_run_dir(run_dir, capped)
 
 
 def test_a_run_directory_in_use_is_refused(tmp_path):
@@ -305,8 +310,8 @@ def test_a_finished_run_is_not_resumed(reference):
 
 
 def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
-    real_save = checkpoint.atomic_pickle
-    calls = []
+    real_atomic_file = checkpoint.atomic_file
+    committed = []
 
     class FullDisk:
         """A file that fills up after a few kilobytes."""
@@ -320,23 +325,24 @@ def test_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
             self.left -= len(data)
             return self.handle.write(data)
 
-        def flush(self):
-            self.handle.flush()
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
 
-    def save(obj, path):
-        calls.append(path)
-        if len(calls) < 3:
-            return real_save(obj, path)
-        with checkpoint.atomic_file(path, "wb") as handle:
-            pickle.dump(obj, FullDisk(handle))
+    @contextlib.contextmanager
+    def atomic_file(path, mode="wb"):
+        """From the third checkpoint on, each of its files fills the disk."""
+        with real_atomic_file(path, mode) as handle:
+            yield FullDisk(handle) if len(committed) >= 2 else handle
+        if Path(path).name == "state.json":
+            committed.append(path)
 
-    monkeypatch.setattr(checkpoint, "atomic_pickle", save)
+    monkeypatch.setattr(checkpoint, "atomic_file", atomic_file)
     run_dir = tmp_path / "run"
     with pytest.raises(PrefrlError, match=r"writing the checkpoint of step 512 .* failed \(No space left on device\); "
                                           r"the checkpoint of step 256 is kept"):
         _train("pendulum", run_dir, arm="true")
     assert read_checkpoint(run_dir)["step"] == 256
-    assert [p.name for p in (run_dir / "checkpoint").iterdir()] == ["state.pt"]
+    assert _checkpoint_files(run_dir) == ["arrays", "state", "tensors"]
 
 
 class _NanRewardAfter(gym.Wrapper):
@@ -357,7 +363,7 @@ def test_a_nan_env_reward_stops_the_run_and_keeps_the_checkpoint(tmp_path, monke
         # The learned arm's random policy takes 200 steps before learning starts.
         return env if evaluation else _NanRewardAfter(env, 600 if arm == "true" else 800)
 
-    monkeypatch.setattr(training, "make_env", nan_env)
+    monkeypatch.setattr(vec_env, "make_env", nan_env)
     run_dir = tmp_path / "run"
     # Learned arm: the env reward is the true reward the teacher judges by (info["true_reward"]).
     with pytest.raises(NonFiniteError, match=r"step 601, env 0: the environment returned a non-finite reward "
@@ -412,13 +418,14 @@ def test_run_directory_versions(tmp_path):
     # A checkpoint of a newer layout is refused too.
     preset = load_preset("pendulum", TINY)
     current = tmp_path / "current"
-    config = training._run_config(preset, "true", 0, RunPaths(current, current / "clips"), "synthetic", None,
-                                  "rollout", "background")
+    config = run_dirs.run_config(preset, "true", 0, RunPaths(current, current / "clips"), "synthetic", None,
+                                 "rollout", "background")
     current.mkdir()
     (current / "config.json").write_text(json.dumps(config))
-    checkpoint.atomic_pickle({"format": checkpoint.CHECKPOINT_FORMAT, "schema": RUN_DIR_SCHEMA + 1,
-                                  "step": 0, "state": {}}, checkpoint_path(current))
-    with pytest.raises(PrefrlError, match="checkpoint/state.pt was written by a newer prefrl"):
+    checkpoint.write_checkpoint(current, 0, {})
+    manifest = json.loads(checkpoint_path(current).read_text())
+    checkpoint_path(current).write_text(json.dumps({**manifest, "schema": RUN_DIR_SCHEMA + 1}))
+    with pytest.raises(PrefrlError, match="checkpoint/state.json was written by a newer prefrl"):
         _train("pendulum", current, arm="true")
 
 
@@ -431,12 +438,13 @@ def test_a_human_teachers_pending_queries_come_back(tmp_path):
     teacher.ask(pairs, step=100)
     store.record_label(pairs[0].pair_id, Choice.LEFT, "alice")
     assert [a.pair.pair_id for a in teacher.answers()] == [pairs[0].pair_id]
-    state = pickle.loads(pickle.dumps(teacher_state(teacher)))  # as through a checkpoint file
+    checkpoint.write_checkpoint(tmp_path / "run", 0, teacher.run_state())
+    state = read_checkpoint(tmp_path / "run")["state"]  # as through a checkpoint file
     store.close()
 
     store = LabelStore(tmp_path, "testtask")  # the resumed process
     resumed = HumanTeacher(store, settle_seconds=0.0)
-    load_teacher_state(resumed, state)
+    resumed.load_run_state(state)
     assert resumed.pending() == 2
     store.record_label(pairs[2].pair_id, Choice.RIGHT, "alice")  # answered while the trainer was down
     answers = resumed.answers()
@@ -497,14 +505,64 @@ def test_a_human_run_killed_rounds_after_its_checkpoint_resumes(tmp_path, monkey
     assert new and all(int(p[1:]) >= orphans for p in new)
 
 
-def test_a_run_directory_of_the_old_layout_resumes(reference, tmp_path):
-    """``tests/fixtures/old_layout_run`` was written by the single-module layout (before
-    the package was split into stages), killed after its checkpoint at step 512."""
-    run_dir = tmp_path / "run"
+def _old_layout_run(run_dir: Path) -> Path:
     shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "old_layout_run", run_dir)
     config = json.loads((run_dir / "config.json").read_text())
     config["clips_dir"] = str(run_dir / "clips")  # recorded where the fixture was made
     (run_dir / "config.json").write_text(json.dumps(config))
-    summary = _train("pendulum", run_dir, checkpoint_steps=512)
+    return run_dir
+
+
+def test_a_run_directory_of_the_old_layout_resumes(reference, tmp_path):
+    """``tests/fixtures/old_layout_run`` was written by the single-module layout (before
+    the package was split into stages), killed after its checkpoint at step 512."""
+    run_dir = _old_layout_run(tmp_path / "run")
+    # A pickle: opened only when the user says the run directory is theirs.
+    with pytest.raises(PrefrlError) as refused:
+        _train("pendulum", run_dir, checkpoint_steps=512)
+    assert "--trust-old-checkpoint" in str(refused.value) and "\n" not in str(refused.value)
+    with pytest.warns(checkpoint.OldCheckpointWarning, match="can run code"):
+        summary = _train("pendulum", run_dir, checkpoint_steps=512, trust_old_checkpoint=True)
     assert summary["resumed_at_step"] == 512
     _assert_same_run(reference, run_dir)
+
+
+def test_a_run_resumed_from_the_old_format_goes_on_in_the_new_one(reference, tmp_path):
+    """Its next checkpoint replaces the pickle, and ``config.json`` gets the new layout
+    version, so that an older prefrl refuses the directory instead of starting over."""
+    run_dir = _old_layout_run(tmp_path / "run")
+    with pytest.warns(checkpoint.OldCheckpointWarning):
+        _train("pendulum", run_dir, checkpoint_steps=256, trust_old_checkpoint=True)
+    _assert_same_run(reference, run_dir)
+    assert _checkpoint_files(run_dir) == ["arrays", "state", "tensors"]
+    assert read_checkpoint(run_dir)["step"] == 768
+    assert json.loads((run_dir / "config.json").read_text())["run_dir_schema"] == RUN_DIR_SCHEMA
+
+
+class _Planted:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_malicious_old_checkpoint_is_refused_and_never_run(tmp_path):
+    """Someone's run directory whose ``checkpoint/state.pt`` runs code when unpickled:
+    refused in one line without the flag, refused by the allow-list with it."""
+    run_dir = _old_layout_run(tmp_path / "run")
+    marker = tmp_path / "marker"
+    planted = {"format": checkpoint.CHECKPOINT_FORMAT, "schema": 1, "step": 512, "state": _Planted(marker)}
+    (run_dir / "checkpoint" / "state.pt").write_bytes(pickle.dumps(planted))
+    with pytest.raises(PrefrlError, match=r"state\.pt is a checkpoint of an earlier prefrl, a pickle: opening a "
+                                          r"pickle can run code .* resume with --trust-old-checkpoint") as refused:
+        _train("pendulum", run_dir, checkpoint_steps=512)
+    assert "\n" not in str(refused.value)
+    with pytest.warns(checkpoint.OldCheckpointWarning), pytest.raises(PrefrlError) as refused:
+        _train("pendulum", run_dir, checkpoint_steps=512, trust_old_checkpoint=True)
+    assert "was refused: it names posix.system, which a run checkpoint never holds" in str(refused.value)
+    assert "\n" not in str(refused.value)
+    assert not marker.exists()
+    assert (run_dir / "checkpoint" / "state.pt").is_file()  # left as it was

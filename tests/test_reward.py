@@ -11,19 +11,13 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from prefrl.config.presets import RewardSettings
+from prefrl.config.settings import RewardSettings
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import Choice, Preference
-from prefrl.reward.model import (
-    EnsembleAtariCNN,
-    EnsembleMLP,
-    RewardModel,
-    adapt_l2,
-    dropout,
-    make_reward_net,
-    preference_loss,
-    preference_probability,
-)
+from prefrl.feedback.choices import Choice, Preference
+from prefrl.reward.dropout import dropout
+from prefrl.reward.losses import adapt_l2, preference_loss, preference_probability
+from prefrl.reward.model import RewardModel
+from prefrl.reward.nets import EnsembleAtariCNN, EnsembleMLP, make_reward_net
 from prefrl.util.errors import PrefrlError
 
 OBS_DIM = 4
@@ -327,7 +321,7 @@ def test_frame_subset_returns_are_scaled_sums(cache_bytes):
     idx = np.array([[0, 3], [5, 5], [2, 1]])
     frames = np.array([[[0, 4, 9], [1, 2, 3]], [[7, 8, 9], [0, 1, 2]], [[5, 0, 6], [9, 1, 4]]])
     with torch.no_grad():
-        left, right = model._pair_returns(model._data, idx, frames)
+        left, right = model.trainer.pair_returns(model._data, idx, frames)
     for m in range(3):
         for j in range(2):
             lab = model._data.labels[idx[m, j]]
@@ -619,15 +613,15 @@ def test_a_capped_refit_still_learns():
 
 
 def test_held_out_labels_beyond_the_cap_are_scored_on_a_random_subset(monkeypatch):
-    import prefrl.reward.model as reward_module
+    import prefrl.reward.trainer as trainer_module
 
-    monkeypatch.setattr(reward_module, "MAX_EVAL_PAIRS", 8)
+    monkeypatch.setattr(trainer_module, "MAX_EVAL_PAIRS", 8)
     rng = np.random.default_rng(8)
     model = RewardModel(OBS_SPACE, ACT_SPACE, SMALL, seed=0)
     model.add_preferences(make_prefs(rng, 60))
     scored = []
-    segment_returns = model._segment_raw_returns
-    monkeypatch.setattr(model, "_segment_raw_returns", lambda segments: scored.append(len(segments))
+    segment_returns = model.scorer.segment_returns
+    monkeypatch.setattr(model.scorer, "segment_returns", lambda segments: scored.append(len(segments))
                         or segment_returns(segments))
     metrics = model.train(2)
     assert metrics["n_val"] == model.n_val == 22  # every held-out label is kept ...
@@ -647,7 +641,7 @@ def test_query_scores_use_evenly_spaced_frames_when_the_loss_subsamples():
     steps = np.array([0, 3, 6, 9])  # 4 evenly spaced steps of 10
 
     def estimate(segment: Segment) -> np.ndarray:
-        raw = sub._raw_rewards(segment.observations[steps], segment.actions[steps]).numpy()
+        raw = sub.scorer.step_rewards(segment.observations[steps], segment.actions[steps]).numpy()
         return raw.sum(axis=1) * 10 / 4
 
     left = np.stack([estimate(p.left) for p in pairs], axis=1)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from stable_baselines3 import PPO
 
-from prefrl.config.presets import RewardSettings, load_preset
+from prefrl.config.loading import load_preset
+from prefrl.config.settings import RewardSettings
 from prefrl.envs.factory import make_env
 from prefrl.reward.model import RewardModel
 

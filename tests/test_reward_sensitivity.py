@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from prefrl.config.presets import RewardSettings, load_preset
+from prefrl.config.loading import load_preset
+from prefrl.config.settings import RewardSettings
 from prefrl.reward.model import RewardModel
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reward_sensitivity.py"

@@ -13,12 +13,17 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
-from prefrl.config.presets import RewardSettings
+from prefrl.config.settings import RewardSettings
 from prefrl.data.segments import ClipPair, Segment, SegmentBuffer
-from prefrl.feedback.labels import Choice, Preference
+from prefrl.feedback.choices import Choice, Preference
+from prefrl.reward.fitter import RewardFitter
 from prefrl.reward.model import RewardModel
-from prefrl.reward.vec_env import DeferredRewardVecNormalize, LearnedRewardVecEnv, ReturnNormalizer
-from prefrl.training.run import RewardFitter, RolloutRelabelCallback
+from prefrl.reward.vec_env import (
+    DeferredRewardVecNormalize,
+    LearnedRewardVecEnv,
+    ReturnNormalizer,
+    RolloutRelabelCallback,
+)
 
 SETTINGS = RewardSettings(hidden_sizes=(32, 32), batch_size=16, learning_rate=3e-3, epochs_per_update=3)
 
@@ -272,8 +277,9 @@ def _labels_and_weights(run_dir):
 
 
 def test_train_background_fit_equals_inline_and_every_mode_runs(tmp_path):
-    from prefrl.config.presets import load_preset
-    from prefrl.training.run import RunPaths, train
+    from prefrl.config.loading import load_preset
+    from prefrl.training.run import train
+    from prefrl.training.run_dir import RunPaths
 
     preset = load_preset("pendulum", TINY)
     summaries, results = {}, {}
@@ -294,3 +300,13 @@ def test_train_background_fit_equals_inline_and_every_mode_runs(tmp_path):
     for key in weights_inline:
         assert torch.equal(weights_bg[key], weights_inline[key]), key
     assert summaries["rollout", "background"]["final_true_return"] == summaries["rollout", "inline"]["final_true_return"]
+    # Step-by-step relabelling gives the agent the rewards of batched relabelling (up to
+    # float rounding of one-row predictions): the same answers and final return.
+    labels_step, _ = results["step", "inline"]
+    assert labels_step == labels_inline and summaries["step", "inline"]["relabel"]["seconds"] is None
+    assert summaries["step", "inline"]["final_true_return"] == pytest.approx(
+        summaries["rollout", "inline"]["final_true_return"], rel=1e-5)
+    # Lagged fitting does change what the agent learns from (rewards one update staler), so
+    # its reward model ends elsewhere: it is not inline or background under another name.
+    _, weights_lagged = results["rollout", "lagged"]
+    assert any(not torch.equal(weights_lagged[key], weights_inline[key]) for key in weights_inline)

@@ -15,16 +15,11 @@ import pytest
 from rich.console import Console
 
 from prefrl.cli.main import main
-from prefrl.experiments.suite import (
-    RunProgress,
-    execute_run,
-    finished_state,
-    load_sweep,
-    prepare_run_dir,
-    progress_table,
-    run_suite,
-    state_files,
-)
+from prefrl.experiments.plan import prepare, prepare_run_dir, run_state
+from prefrl.experiments.progress import RunProgress, progress_table
+from prefrl.experiments.ray_runner import execute_run
+from prefrl.experiments.suite import run_suite
+from prefrl.experiments.sweep import load_sweep, state_files
 from prefrl.training.checkpoint import tail_row
 from prefrl.util.errors import PrefrlError
 
@@ -74,7 +69,7 @@ def test_sweep_survives_a_killed_run_and_resumes(tmp_path, local_ray):
     def kill_victim(runs: list[RunProgress]) -> None:
         """Once the victim's training has started, SIGKILL its Ray worker (a crash)."""
         victim = next(r for r in runs if r.spec.name == VICTIM)
-        status, _ = state_files(out, victim.spec)
+        status, _ = state_files(victim.spec)
         if killed or victim.state != "running" or not (out / VICTIM / "config.json").is_file():
             return
         killed["finished_before_kill"] = (out / VICTIM / "summary.json").exists()
@@ -93,7 +88,7 @@ def test_sweep_survives_a_killed_run_and_resumes(tmp_path, local_ray):
     assert "Worker" in victim.error or "died" in victim.error.lower(), victim.error
     assert f"failed: {VICTIM}" in log.getvalue().replace("[bold red]", "")
     assert (out / VICTIM / "config.json").is_file() and not (out / VICTIM / "summary.json").exists()
-    assert finished_state(out, victim.spec) == ("todo", "")
+    assert run_state(victim.spec) == ("todo", [])
     # The others were compared although one run failed.
     assert len(first.rows) == 3 and (out / "comparison.md").is_file()
 
@@ -115,10 +110,10 @@ def test_sweep_survives_a_killed_run_and_resumes(tmp_path, local_ray):
 
 
 def test_a_failing_run_returns_its_error_instead_of_raising(tmp_path):
-    spec = load_sweep(tiny_sweep(tmp_path)).runs[0]
     not_a_folder = tmp_path / "file"
     not_a_folder.write_text("")
-    result = execute_run(spec, str(not_a_folder), threads=1)
+    spec = load_sweep(tiny_sweep(tmp_path), not_a_folder).runs[0]
+    result = execute_run(spec, threads=1)
     assert result["ok"] is False and result["name"] == spec.name
     assert "Error" in result["error"] and "Traceback" in result["traceback"]
 
@@ -142,6 +137,7 @@ def test_sweep_file_expansion(tmp_path):
     """)
     sweep = load_sweep(path)
     assert sweep.name == "sweep" and sweep.out == Path("runs/suites/sweep")
+    assert sweep.runs[0].run_dir == Path("runs/suites/sweep").resolve() / "invertedpendulum__true__s0"
     by_name = {r.name: r for r in sweep.runs}
     assert list(by_name) == [
         "invertedpendulum__true__s0", "invertedpendulum__learned-40__s0", "invertedpendulum__learned-80__s0",
@@ -213,8 +209,40 @@ def test_progress_is_read_from_a_growing_log(tmp_path):
     assert progress.steps == 384
 
 
+def test_a_finished_run_made_with_other_settings_is_rerun(tmp_path, capsys):
+    """The sweep's staleness rule (no Ray needed): a finished run counts only with the
+    settings the sweep would give it now; the thread count may differ."""
+    from prefrl.config.loading import apply_overrides
+
+    sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
+    same, other, threads = sweep.runs[:3]
+
+    def finished_run(spec, preset) -> None:
+        spec.run_dir.mkdir(parents=True)
+        (spec.run_dir / "summary.json").write_text("{}")
+        (spec.run_dir / "config.json").write_text(json.dumps({"arm": spec.arm, "seed": spec.seed,
+                                                               "preset": preset.to_dict()}))
+
+    finished_run(same, same.preset)
+    finished_run(other, apply_overrides(other.preset, ["reward.epochs_per_update=5"]))
+    finished_run(threads, apply_overrides(threads.preset, ["ppo.torch_threads=7"]))
+    assert run_state(same) == ("done", [])
+    assert run_state(other) == ("stale", ["reward.epochs_per_update (5 -> 2)"])
+    assert run_state(threads) == ("done", [])
+    assert main(["suite", str(tmp_path / "sweep.toml"), "--out", str(tmp_path / "out"), "--dry-run"]) == 0
+    said = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if line.strip()}
+    assert " stale: " in said[other.name] and said[same.name].endswith(" done")
+
+    plan = prepare(sweep.runs)
+    assert plan.done == [same, threads] and plan.todo == [other, sweep.runs[3]]
+    assert plan.stale == {other: ["reward.epochs_per_update (5 -> 2)"]}
+    assert not other.run_dir.exists()  # rerun from scratch ...
+    kept = list((sweep.out / "replaced").glob(f"{other.name}-*/summary.json"))
+    assert len(kept) == 1  # ... and the finished run made with the old settings is kept aside
+
+
 def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path):
-    from prefrl.config.presets import apply_overrides
+    from prefrl.config.loading import apply_overrides
     from prefrl.training.checkpoint import CHECKPOINT_FILE
 
     sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
@@ -222,22 +250,22 @@ def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path
     run_dir = sweep.out / spec.name
 
     def killed_attempt(preset) -> None:
-        from prefrl.training.run import RunPaths, _run_config
+        from prefrl.training.run_dir import RunPaths, run_config
 
         (run_dir / CHECKPOINT_FILE).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_FILE).write_bytes(b"checkpoint")
-        config = _run_config(preset, spec.arm, spec.seed, RunPaths(run_dir, run_dir / "clips"), "synthetic", None,
-                             "rollout", preset.reward.fit_mode)
+        config = run_config(preset, spec.arm, spec.seed, RunPaths(run_dir, run_dir / "clips"), "synthetic", None,
+                            "rollout", preset.reward.fit_mode)
         (run_dir / "config.json").write_text(json.dumps(config))
 
     killed_attempt(spec.preset)
-    assert prepare_run_dir(sweep.out, spec) is True
+    assert prepare_run_dir(spec) is True
     assert (run_dir / CHECKPOINT_FILE).read_bytes() == b"checkpoint"  # kept for train() to resume
     # Started with other settings (here another thread count): deleted, run from scratch.
     killed_attempt(apply_overrides(spec.preset, ["ppo.torch_threads=7"]))
-    assert prepare_run_dir(sweep.out, spec) is False
+    assert prepare_run_dir(spec) is False
     assert not run_dir.exists()
     # Killed before its first checkpoint: nothing to resume.
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
-    assert prepare_run_dir(sweep.out, spec) is False and not run_dir.exists()
+    assert prepare_run_dir(spec) is False and not run_dir.exists()

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from prefrl.config.presets import TeacherSettings
+from prefrl.config.settings import TeacherSettings
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import Choice, Preference
+from prefrl.feedback.choices import Choice, Preference
 from prefrl.feedback.teachers import SyntheticTeacher, Teacher, make_teacher
 from prefrl.util.errors import PrefrlError
 

@@ -4,8 +4,9 @@ import gymnasium as gym
 import numpy as np
 from stable_baselines3.common.vec_env import DummyVecEnv
 
+from prefrl.data.recorder import SegmentRecorder
 from prefrl.data.segments import SegmentBuffer
-from prefrl.reward.vec_env import LearnedRewardVecEnv, SegmentRecorder
+from prefrl.reward.vec_env import LearnedRewardVecEnv
 
 
 def _venv(n: int = 2) -> DummyVecEnv:

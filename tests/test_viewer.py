@@ -19,15 +19,12 @@ import pytest  # noqa: E402
 from clip_fixtures import DRIVER, make_pairs, make_store, subprocess_env  # noqa: E402
 
 from prefrl.data.segments import Segment  # noqa: E402
-from prefrl.feedback.labels import Choice, LabelStore  # noqa: E402
-from prefrl.human.clip_render import (  # noqa: E402
-    ClipRenderer,
-    RenderInfo,
-    find_clips,
-    fit_frames,
-    plot_frames,
-)
-from prefrl.human.viewer import LabelViewer, clip_box, import_pygame  # noqa: E402
+from prefrl.feedback.choices import Choice  # noqa: E402
+from prefrl.feedback.store import LabelStore  # noqa: E402
+from prefrl.human.clips import RenderInfo, find_clips  # noqa: E402
+from prefrl.human.layout import clip_box  # noqa: E402
+from prefrl.human.render import ClipRenderer, fit_frames, plot_frames  # noqa: E402
+from prefrl.human.viewer import LabelViewer, import_pygame  # noqa: E402
 from prefrl.util.errors import PrefrlError  # noqa: E402
 
 pg = import_pygame()
@@ -97,7 +94,7 @@ def test_every_answer_key_commits_its_choice_on_the_keypress(atari_viewer: Label
         assert stored(tmp_path)[pair_id] == choice
         assert atari_viewer.current is None or atari_viewer.current.pair_id != pair_id
     assert stored(tmp_path) == expected
-    assert atari_viewer.session_labels == len(keys)
+    assert atari_viewer.session.session_labels == len(keys)
     assert {row for row in (atari_viewer.store.counts()["answered"],)} == {len(keys)}
 
 
@@ -135,13 +132,13 @@ def test_space_replays_from_the_first_frame(atari_viewer: LabelViewer) -> None:
     shown = atari_viewer.current
     assert shown is not None
     later = atari_viewer.shown_at + 2.5 / shown.fps
-    assert atari_viewer.frame_index(later) == 2
+    assert atari_viewer.session.frame_index(later) == 2
     # Loops: after the clip and the pause at its end, back to frame 0.
-    period = len(shown.left) / shown.fps + atari_viewer.loop_pause
-    assert atari_viewer.frame_index(atari_viewer.shown_at + period + 0.5 / shown.fps) == 0
-    assert atari_viewer.frame_index(atari_viewer.shown_at + period - 0.01) == len(shown.left) - 1
+    period = len(shown.left) / shown.fps + atari_viewer.session.loop_pause
+    assert atari_viewer.session.frame_index(atari_viewer.shown_at + period + 0.5 / shown.fps) == 0
+    assert atari_viewer.session.frame_index(atari_viewer.shown_at + period - 0.01) == len(shown.left) - 1
     assert press(atari_viewer, pg.K_SPACE)
-    assert atari_viewer.frame_index(time.monotonic()) == 0
+    assert atari_viewer.session.frame_index(time.monotonic()) == 0
     assert atari_viewer.current is shown  # replay keeps the pair
 
 
@@ -157,7 +154,7 @@ def test_undo_brings_the_last_pair_back_and_it_can_be_answered_again(tmp_path: P
         assert press(viewer, key)
         assert viewer.current is not None and viewer.current.pair_id == first
         assert stored(tmp_path) == {}
-        assert viewer.session_labels == 0
+        assert viewer.session.session_labels == 0
         press(viewer, pg.K_RIGHT)
         assert stored(tmp_path) == {first: "right"}
         # The pair that was displaced by the undo comes next, not a new one.
@@ -210,7 +207,7 @@ def test_run_loop_with_max_seconds_draws_frames(atari_viewer: LabelViewer) -> No
     started = time.monotonic()
     assert atari_viewer.run(max_seconds=0.3) == 0
     assert 0.25 < time.monotonic() - started < 5.0
-    assert atari_viewer.pairs_shown == 1
+    assert atari_viewer.session.pairs_shown == 1
 
 
 def test_waiting_screen_polls_for_pairs_the_trainer_adds_later(tmp_path: Path) -> None:
@@ -242,7 +239,8 @@ def test_missing_pygame_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def test_core_modules_do_not_import_pygame() -> None:
-    code = ("import sys; import prefrl.human.clip_render, prefrl.feedback.teachers, prefrl.feedback.labels; "
+    code = ("import sys; import prefrl.human.clips, prefrl.human.render, prefrl.human.prefetch, prefrl.human.session, "
+            "prefrl.human.layout, prefrl.feedback.teachers, prefrl.feedback.store; "
             "sys.exit(int('pygame' in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], env=subprocess_env()).returncode == 0
 
@@ -277,7 +275,7 @@ def test_two_viewers_on_one_store_never_share_a_pair(tmp_path: Path) -> None:
 
 
 def test_leases_are_renewed_while_the_viewer_lives_and_released_when_it_quits(tmp_path: Path) -> None:
-    from prefrl.human.clip_render import PairPrefetcher
+    from prefrl.human.prefetch import PairPrefetcher
 
     make_store(tmp_path, 3)
     with LabelStore(tmp_path, TASK) as store:
@@ -499,7 +497,7 @@ def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> No
     from stable_baselines3 import PPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
-    from prefrl.config.presets import load_preset
+    from prefrl.config.loading import load_preset
     from prefrl.envs.factory import make_env
 
     parser = _parser()
@@ -534,7 +532,7 @@ def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> No
 def test_atari_clips_show_the_masked_frames(tmp_path: Path) -> None:
     pytest.importorskip("prefrl.envs.factory")
     from prefrl.cli.labels import collect_clip_pairs
-    from prefrl.config.presets import load_preset
+    from prefrl.config.loading import load_preset
 
     preset = load_preset("pong")
     summary = collect_clip_pairs(preset, 1, tmp_path, seed=0, log=lambda line: None)

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from clip_fixtures import REPO, make_store
 
-from prefrl.feedback.labels import LabelStore
-from prefrl.human.clip_render import RenderInfo
-from prefrl.human.viewer import Layout, Theme, clip_box
+from prefrl.feedback.store import LabelStore
+from prefrl.human.clips import RenderInfo
+from prefrl.human.layout import Layout, Theme, clip_box
 
 _spec = importlib.util.spec_from_file_location("viewer_screenshots", REPO / "scripts" / "viewer_screenshots.py")
 assert _spec is not None and _spec.loader is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 
-from prefrl.human.clip_render import RenderInfo  # noqa: E402
+from prefrl.human.clips import RenderInfo  # noqa: E402
 from prefrl.human.viewer import LabelViewer, import_pygame  # noqa: E402
 
 

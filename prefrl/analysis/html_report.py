@@ -40,6 +40,7 @@ import numpy as np
 
 from prefrl.analysis.report import GroupRow, RunResult, find_run_dirs, load_run, plot_curves, summarize
 from prefrl.training.checkpoint import progress_files
+from prefrl.util.atomic import atomic_write_text
 
 #: Where ``prefrl video`` may have left videos, relative to a run directory.
 VIDEO_PATTERNS = ("*.mp4", "videos/*.mp4")
@@ -371,7 +372,5 @@ def write_report(run_dirs: Sequence[Path], out: Path, title: str = "Learned rewa
     """
     out.parent.mkdir(parents=True, exist_ok=True)
     page = render_report(run_dirs, out.parent, title)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write_text(out, page)
     return out

@@ -34,7 +34,7 @@ from prefrl.util.gl import use_headless_gl
 if TYPE_CHECKING:
     import gymnasium as gym
 
-    from prefrl.config.presets import Preset
+    from prefrl.config.settings import Preset
 
 
 #: Video frames are at least this wide: small frames (Atari's 160 pixels) are scaled up
@@ -116,7 +116,7 @@ def load_run_preset(run_dir: Path) -> tuple[dict[str, Any], Preset]:
     :param run_dir: a folder written by ``prefrl train``
     :raises PrefrlError: no or unreadable ``config.json``
     """
-    from prefrl.config.presets import preset_from_dict
+    from prefrl.config.loading import preset_from_dict
 
     path = run_dir / "config.json"
     try:
@@ -249,7 +249,7 @@ def record_video(
         ``eval.deterministic``)
     :raises PrefrlError: not a finished run, or the video cannot be written
     """
-    from prefrl.config.presets import apply_overrides
+    from prefrl.config.loading import apply_overrides
     from prefrl.envs.factory import make_env
 
     config, preset = load_run_preset(run_dir)

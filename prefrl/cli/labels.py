@@ -15,7 +15,7 @@ The lead's CLI wires them in with::
 - ``prefrl labels export RUN_DIR --out labels.jsonl`` and
   ``prefrl labels import RUN_DIR labels.jsonl``: move labels between runs (one JSON
   object a line: ``pair_id``, ``left_clip``, ``right_clip``, ``choice``, ``labeller``,
-  ``time``; see :meth:`prefrl.feedback.labels.LabelStore.export_jsonl`).
+  ``time``; see :mod:`prefrl.feedback.exchange`).
 
 Heavy imports (pygame, gymnasium, SB3) happen inside the handlers.
 """
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import sys
 import time
@@ -107,7 +106,7 @@ def add_label_commands(subparsers: Any) -> None:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """Open the viewer until the person quits."""
-    from prefrl.human.clip_render import find_clips
+    from prefrl.human.clips import find_clips
     from prefrl.human.viewer import LabelViewer
 
     location = find_clips(args.path)
@@ -157,11 +156,11 @@ def collect_clip_pairs(
     """
     from stable_baselines3.common.vec_env import DummyVecEnv
 
+    from prefrl.data.recorder import SegmentRecorder
     from prefrl.data.segments import ClipPair, SegmentBuffer
     from prefrl.envs.factory import make_env
-    from prefrl.feedback.labels import LabelStore
-    from prefrl.human.clip_render import CLIPS_INFO_FILE
-    from prefrl.reward.vec_env import SegmentRecorder
+    from prefrl.feedback.store import LabelStore
+    from prefrl.human.clips import write_clips_info
 
     task = preset.task
     if (out / "labels.sqlite").is_file():
@@ -224,15 +223,13 @@ def collect_clip_pairs(
         "created": datetime.now().isoformat(timespec="seconds"),
         "task_settings": preset.to_dict()["task"],
     }
-    tmp = out / (CLIPS_INFO_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / CLIPS_INFO_FILE)
+    write_clips_info(out, summary)
     return summary
 
 
 def cmd_clips(args: argparse.Namespace) -> int:
     """Sample clip pairs into a new clips folder and print how to label them."""
-    from prefrl.config.presets import load_preset
+    from prefrl.config.loading import load_preset
 
     preset = load_preset(args.task, list(getattr(args, "overrides", []) or []))
     out = args.out or _default_clips_dir(preset.task.name, args.seed)
@@ -254,8 +251,8 @@ def _open_store(path: Path, readonly: bool = False) -> Any:
     :param path: what the user gave
     :param readonly: open it read-only (nothing in the folder changes)
     """
-    from prefrl.feedback.labels import LabelStore
-    from prefrl.human.clip_render import find_clips
+    from prefrl.feedback.store import LabelStore
+    from prefrl.human.clips import find_clips
 
     location = find_clips(path)
     return LabelStore(location.clips_dir, location.task, readonly=readonly)

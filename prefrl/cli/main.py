@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "Rerunning the same command with the same --run-dir resumes an interrupted run")
     train.add_argument("--force", action="store_true",
                        help="resume a run even though it was started with other settings (they are listed otherwise)")
+    train.add_argument("--trust-old-checkpoint", action="store_true",
+                       help="resume from a checkpoint of an earlier prefrl (checkpoint/state.pt, a pickle: only "
+                            "for run directories of your own)")
 
     compare = sub.add_parser("compare", help="compare runs: comparison.png, comparison.md and a table")
     compare.add_argument("run_dirs", nargs="+", type=Path, help="run directories or folders holding them")
@@ -113,7 +116,7 @@ def _label_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_tasks() -> int:
-    from prefrl.config.presets import available_tasks, load_preset
+    from prefrl.config.loading import available_tasks, load_preset
 
     for name in available_tasks():
         preset = load_preset(name)
@@ -123,8 +126,10 @@ def cmd_tasks() -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from prefrl.config.presets import load_preset
-    from prefrl.training.run import RunInterrupted, RunPaths, default_paths, train
+    from prefrl.config.loading import load_preset
+    from prefrl.training.checkpointing import RunInterrupted
+    from prefrl.training.run import train
+    from prefrl.training.run_dir import RunPaths, default_paths
 
     preset = load_preset(args.task, _label_overrides(args))
     arm = args.reward
@@ -140,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         summary = train(preset, arm=arm, seed=args.seed, paths=paths, teacher_kind=args.teacher,
                         labels_from=args.labels_from, progress=not args.no_progress,
-                        checkpoint_steps=steps, checkpoint_seconds=seconds, force=args.force)
+                        checkpoint_steps=steps, checkpoint_seconds=seconds, force=args.force,
+                        trust_old_checkpoint=args.trust_old_checkpoint)
     except RunInterrupted as exc:
         print(f"prefrl: {exc}; resume with: {_resume_command(args, paths)}", file=sys.stderr, flush=True)
         return exc.exit_status
@@ -202,8 +208,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from prefrl.analysis.report import compare
-    from prefrl.config.presets import load_preset
-    from prefrl.training.run import RunPaths, run_name, train
+    from prefrl.config.loading import load_preset
+    from prefrl.training.run import train
+    from prefrl.training.run_dir import RunPaths, run_name
 
     preset = load_preset(DEMO_TASK, list(DEMO_OVERRIDES))
     out: Path = args.out / time.strftime("%Y%m%d-%H%M%S")

@@ -69,17 +69,19 @@ def cmd_suite(args: argparse.Namespace) -> int:
     """Run (or list) a sweep; exit 1 when a run failed, 0 otherwise."""
     from rich.console import Console
 
-    from prefrl.experiments.suite import finished_state, load_sweep, run_suite
+    from prefrl.experiments.plan import run_state
+    from prefrl.experiments.suite import run_suite
+    from prefrl.experiments.sweep import load_sweep
 
     sweep = load_sweep(args.sweep, args.out)
     console = Console()
     if not console.is_terminal:
         console = Console(width=160)  # logs and pipes: don't squeeze the table to 80 columns
     if args.dry_run:
-        out = sweep.out.resolve()
         for spec in sweep.runs:
-            state, why = finished_state(out, spec)
-            console.print(f"{spec.name:<48} {state}{': ' + why if why else ''}", highlight=False)
+            state, changes = run_state(spec)
+            why = f": made with other settings ({'; '.join(changes)}); a run reruns it" if changes else ""
+            console.print(f"{spec.name:<48} {state}{why}", highlight=False)
         console.print(f"{len(sweep.runs)} runs in {sweep.out}")
         return 0
     result = run_suite(sweep, address=args.address, max_parallel=args.max_parallel, retries=args.retries,

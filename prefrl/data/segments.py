@@ -139,6 +139,17 @@ class SegmentBuffer:
         they do not reuse ids of segments stored elsewhere (e.g. by an interrupted run)."""
         self._next_id = max(self._next_id, int(first_free))
 
+    def run_state(self) -> SegmentBuffer:
+        """For a run checkpoint: the buffer itself. The checkpoint is pickled at once, so
+        segments the reward model's labels also hold are stored once (checkpoints have
+        held the buffer object so from the start)."""
+        return self
+
+    def load_run_state(self, state: SegmentBuffer) -> None:
+        """Take over the content of a checkpointed buffer in place: the segment
+        recorder, the reward fitter and the trainer hold this very buffer."""
+        self.__dict__.update(state.__dict__)
+
     def add_step(
         self,
         step: int,

@@ -1,15 +1,14 @@
 """Atari training and evaluation envs as one SB3 ``VecEnv`` that drives the emulators directly.
 
-:func:`make_ale_vec_env` gives, step for step, what ``training.make_vec_env`` gives for an
-Atari preset with the SB3 wrapper chain of ``envs._make_atari`` (``NoopResetEnv``,
-``MaxAndSkipEnv``, ``FireOnReset``, ``FireAfterLifeLoss``, ``RecordFrame``, ``ScoreMask``, grayscale, resize, frame
-stack, ``ContinuePastTermination``, ``TerminationPenalty``, ``FixedHorizon`` or
-``TimeLimit``, then ``Monitor`` and ``ClipReward``) in a ``DummyVecEnv``, but faster:
+:func:`make_ale_vec_env` gives, step for step, what :func:`prefrl.envs.vec_env.make_vec_env`
+gives for an Atari preset with the SB3 wrapper chain of ``prefrl.envs.factory._make_atari``
+(``NoopResetEnv``, ``MaxAndSkipEnv``, ``FireOnReset``, ``FireAfterLifeLoss``, ``RecordFrame``,
+``ScoreMask``, grayscale, resize, frame stack, ``ContinuePastTermination``,
+``TerminationPenalty``, ``FixedHorizon`` or ``TimeLimit``, then ``Monitor`` and
+``ClipReward``) in a ``DummyVecEnv``, but faster:
 
-- the chain spends most of an agent step converting frames to grayscale
-  (``GrayscaleObservation``'s float64 weighted sum, ~2 ms a frame); here a 2**24-entry
-  lookup table (built once per process, 16 MB, ~0.2 s) holds the very same uint8 value of
-  every RGB colour, applied to all envs' frames at once;
+- the chain spends most of an agent step converting frames to grayscale; here a lookup
+  table (:mod:`prefrl.envs.grayscale`) converts all envs' frames at once, exactly alike;
 - the emulator is stepped through its own ``ALEInterface`` (one ``act`` per frame, screens
   copied into preallocated buffers only for the two frames that are max-pooled), without
   the nine Python wrapper layers per frame and per step.
@@ -69,8 +68,9 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import VecEnv
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from prefrl.config.presets import Preset
-from prefrl.envs.factory import (
+from prefrl.config.settings import Preset
+from prefrl.envs.grayscale import rgb_to_gray
+from prefrl.envs.wrappers import (
     ContinuePastTermination,
     FireAfterLifeLoss,
     FireOnReset,
@@ -78,45 +78,10 @@ from prefrl.envs.factory import (
     RecordFrame,
     ScoreMask,
     TerminationPenalty,
+    check_mask_regions,
     require_fire_action,
 )
 from prefrl.util.errors import PrefrlError
-
-#: ``GrayscaleObservation``'s weights of R, G and B.
-GRAY_WEIGHTS = np.array([0.2125, 0.7154, 0.0721])
-
-_GRAY_LUT: np.ndarray | None = None
-
-
-def gray_lut() -> np.ndarray:
-    """uint8 gray of every 24-bit RGB colour (index ``r << 16 | g << 8 | b``), built once.
-
-    Computed as ``GrayscaleObservation`` does (float64 ``r*wr + g*wg``, then ``+ b*wb``,
-    truncated to uint8), so looking a colour up gives exactly its value; max-pooled frames
-    can hold any colour, not only the palette's.
-    """
-    global _GRAY_LUT
-    if _GRAY_LUT is None:
-        values = np.arange(256, dtype=np.float64)
-        table = (values[:, None, None] * GRAY_WEIGHTS[0] + values[None, :, None] * GRAY_WEIGHTS[1]) \
-            + values[None, None, :] * GRAY_WEIGHTS[2]
-        _GRAY_LUT = table.astype(np.uint8).reshape(-1)
-    return _GRAY_LUT
-
-
-def rgb_to_gray(frames: np.ndarray) -> np.ndarray:
-    """``(..., H, W, 3)`` uint8 RGB to ``(..., H, W)`` uint8 gray, equal to
-    ``GrayscaleObservation(keep_dim=False)`` of each frame.
-
-    :param frames: uint8 RGB frames
-    :return: uint8 gray frames
-    """
-    keys = frames[..., 0].astype(np.uint32)
-    keys <<= 8
-    keys |= frames[..., 1]
-    keys <<= 8
-    keys |= frames[..., 2]
-    return gray_lut()[keys]
 
 
 def _episode_info(episode_return: float, length: int, t_start: float) -> dict[str, float | int]:
@@ -175,7 +140,7 @@ class AleVectorEnv(VecEnv):
 
         kwargs: dict[str, Any] = {}
         if evaluation and self.time_limit > 0:
-            # As envs._make_atari: our TimeLimit, in agent steps, ends the episode, not ALE's cap.
+            # As factory._make_atari: our TimeLimit, in agent steps, ends the episode, not ALE's cap.
             kwargs["max_num_frames_per_episode"] = task.frame_skip * (self.time_limit + 1) + task.noop_max
         # The very env the chain is built on, so ROM, mode, frame cap, sticky actions and
         # seeding are configured exactly alike; only its Python ``step`` is bypassed.
@@ -199,13 +164,7 @@ class AleVectorEnv(VecEnv):
             if wanted:
                 require_fire_action(first, flag)
         height, width = first.ale.getScreenDims()
-        self.regions = [tuple(int(v) for v in region) for region in task.mask_regions]
-        for top, bottom, left, right in self.regions:
-            if not (0 <= top < bottom <= height and 0 <= left < right <= width):
-                raise PrefrlError(
-                    f"task.mask_regions: [{top}, {bottom}, {left}, {right}] does not fit the "
-                    f"{height}x{width} frame; use [top, bottom, left, right] inside it"
-                )
+        self.regions = check_mask_regions(task.mask_regions, height, width)
         self.screen_shape = (height, width, 3)
         size, stack = int(task.screen_size), int(task.frame_stack)
         observation_space = spaces.Box(0, 255, (stack, size, size), np.uint8)
@@ -513,7 +472,7 @@ def make_ale_vec_env(
     record_frames: bool = False,
 ) -> VecEnv:
     """Vectorised Atari task env on the emulators directly, seeded once (env ``i`` gets
-    ``seed + i``): a drop-in for ``training.make_vec_env`` of an Atari preset.
+    ``seed + i``): a drop-in for ``vec_env.make_vec_env`` of an Atari preset.
 
     :param preset: an Atari preset
     :param n_envs: parallel environments

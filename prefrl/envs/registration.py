@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gymnasium as gym
 
-from prefrl.config.presets import available_tasks
+from prefrl.config.loading import available_tasks
 
 #: Namespace of the suite's Gymnasium ids.
 NAMESPACE = "prefrl"

@@ -7,23 +7,26 @@ from another process.
 
 :class:`SyntheticTeacher` is the B-Pref teacher (Lee et al., 2021): a perfectly
 rational oracle by default, with each of B-Pref's irrationalities (stochastic, mistake,
-skip, equal, myopic) one parameter of :class:`~prefrl.config.presets.TeacherSettings`.
+skip, equal, myopic) one parameter of :class:`~prefrl.config.settings.TeacherSettings`.
 """
 
 from __future__ import annotations
 
 import abc
+import copy
 import dataclasses
 import math
 import time
 from collections.abc import Sequence
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
-from prefrl.config.presets import TeacherSettings
+from prefrl.config.settings import TeacherSettings
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.feedback.labels import Choice, LabelStore, Preference
+from prefrl.feedback.choices import Choice, Preference
+from prefrl.feedback.store import LabelStore
 from prefrl.util.errors import PrefrlError
 
 #: Kinds accepted by :func:`make_teacher`.
@@ -48,6 +51,26 @@ class Teacher(abc.ABC):
     #: not: a resumed run then takes other turns, and its new clips and pairs must not
     #: reuse the ids the interrupted session stored after the checkpoint.
     replayable: bool = True
+    #: Attributes that are connections or settings, not state (left out of :meth:`run_state`).
+    _resources: tuple[str, ...] = ("store", "settings")
+
+    def run_state(self) -> dict[str, Any]:
+        """The teacher's state for a run checkpoint, without its label store connection
+        and settings: the synthetic teacher's generator, return statistics and unread
+        answers; the human teacher's cursor over the store's labels and the pairs it
+        asked (its pending queries: the pairs themselves are in the label store, so
+        restoring this re-attaches them)."""
+        return {k: copy.deepcopy(v) for k, v in vars(self).items() if k not in self._resources}
+
+    def load_run_state(self, state: dict[str, Any]) -> None:
+        """Put a :meth:`run_state` of a teacher of the same kind back; generators in
+        place, so whoever else holds this teacher's generator sees the restored state."""
+        for name, saved in state.items():
+            current = getattr(self, name, None)
+            if isinstance(current, np.random.Generator) and isinstance(saved, np.random.Generator):
+                current.bit_generator.state = saved.bit_generator.state
+            else:
+                setattr(self, name, copy.deepcopy(saved))
 
     @abc.abstractmethod
     def ask(self, pairs: Sequence[ClipPair], step: int) -> None:

@@ -16,31 +16,36 @@ mouse click           on a clip: that clip is better; on a help item: that actio
 Every answer is committed to the label store on the keypress, before the next pair is
 drawn, so a viewer killed at any moment loses at most the pair on screen. Pairs are
 leased: two viewers on one store never show the same pair. The next pairs are leased,
-loaded, rendered and scaled ahead by :class:`~prefrl.human.clip_render.PairPrefetcher`, so the
-next pair is on screen within a frame of the keypress.
+loaded, rendered and scaled ahead by :class:`~prefrl.human.prefetch.PairPrefetcher`, so
+the next pair is on screen within a frame of the keypress.
 
-Only the CLI imports this module (pygame is imported when a viewer opens); the core
-never does. Tests drive :class:`LabelViewer` with posted pygame events and
-:meth:`LabelViewer.step`.
+This module is only the window: events in, pixels out. What is on screen, the answers
+and undo are a :class:`~prefrl.human.session.LabelSession`.
+
+The only module of prefrl that imports pygame, and only when a viewer opens (only the
+CLI imports this module). Tests drive :class:`LabelViewer` with posted pygame events and
+:meth:`LabelViewer.step`. (Above 500 lines: all of it draws or handles the events of the
+one window; what needs no pygame is in :mod:`~prefrl.human.session` and
+:mod:`~prefrl.human.layout`.)
 """
 
 from __future__ import annotations
 
-import enum
 import math
 import os
-import socket
 import sys
 import time
-import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, TextIO
 
-from prefrl.feedback.labels import Choice, LabelStore
-from prefrl.human.clip_render import ATARI_FRAME, PairPrefetcher, PreparedPair, RenderInfo
+from prefrl.feedback.choices import Choice
+from prefrl.feedback.store import LabelStore
+from prefrl.human.clips import RenderInfo
+from prefrl.human.layout import HELP_ITEMS, Action, Layout, Theme, clip_box, inside, mix
+from prefrl.human.prefetch import PairPrefetcher, PreparedPair
+from prefrl.human.session import LabelSession, Notice
 from prefrl.util.errors import PrefrlError
 
 
@@ -56,22 +61,6 @@ def import_pygame() -> ModuleType:
     return pygame
 
 
-class Action(str, enum.Enum):
-    """What a key or click asks the viewer to do."""
-
-    LEFT = "left"
-    RIGHT = "right"
-    TIE = "tie"
-    CANT_TELL = "cant_tell"
-    REPLAY = "replay"
-    UNDO = "undo"
-    QUIT = "quit"
-
-    @property
-    def choice(self) -> Choice | None:
-        return Choice(self.value) if self.value in {c.value for c in Choice} else None
-
-
 def key_actions(pg: ModuleType) -> dict[int, Action]:
     """The key bindings (pygame key codes to actions)."""
     return {
@@ -83,81 +72,6 @@ def key_actions(pg: ModuleType) -> dict[int, Action]:
         pg.K_BACKSPACE: Action.UNDO, pg.K_u: Action.UNDO,
         pg.K_q: Action.QUIT, pg.K_ESCAPE: Action.QUIT,
     }
-
-
-# --------------------------------------------------------------------------- look
-
-
-@dataclass(frozen=True)
-class Theme:
-    """Colours (RGB) of the viewer: a dark, quiet background so the clips stand out."""
-
-    background: tuple[int, int, int] = (17, 19, 24)
-    panel: tuple[int, int, int] = (27, 30, 38)
-    frame_bg: tuple[int, int, int] = (8, 9, 12)
-    text: tuple[int, int, int] = (232, 234, 240)
-    dim: tuple[int, int, int] = (138, 145, 160)
-    faint: tuple[int, int, int] = (70, 76, 90)
-    left: tuple[int, int, int] = (84, 160, 255)
-    right: tuple[int, int, int] = (255, 168, 56)
-    tie: tuple[int, int, int] = (176, 132, 255)
-    cant_tell: tuple[int, int, int] = (150, 156, 170)
-    ok: tuple[int, int, int] = (86, 204, 128)
-    warn: tuple[int, int, int] = (240, 190, 80)
-    error: tuple[int, int, int] = (240, 96, 96)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Window geometry for one clip box size."""
-
-    width: int
-    height: int
-    box: tuple[int, int]
-    left_box: tuple[int, int, int, int]
-    right_box: tuple[int, int, int, int]
-    header_height: int
-    caption_y: int
-    bar_y: int
-    help_y: int
-
-    MARGIN = 28
-    GAP = 36
-    HEADER = 58
-    CAPTION = 34
-    BAR = 40
-    HELP = 72
-
-    @classmethod
-    def for_box(cls, box: tuple[int, int]) -> Layout:
-        w, h = box
-        width = 2 * w + cls.GAP + 2 * cls.MARGIN
-        width = max(width, 1000)  # room for the help bar on one line
-        x_left = (width - (2 * w + cls.GAP)) // 2
-        caption_y = cls.HEADER + 12
-        top = caption_y + cls.CAPTION
-        bar_y = top + h + 12
-        help_y = bar_y + cls.BAR
-        return cls(
-            width=width, height=help_y + cls.HELP, box=box,
-            left_box=(x_left, top, w, h), right_box=(x_left + w + cls.GAP, top, w, h),
-            header_height=cls.HEADER, caption_y=caption_y, bar_y=bar_y, help_y=help_y,
-        )
-
-
-def clip_box(info: RenderInfo, atari_scale: int = 3, mujoco_scale: float = 1.5,
-             screen: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Size of each clip on screen: Atari ``atari_scale``x (at least 2x, smaller only if
-    the screen is too small for it), MuJoCo renders ``mujoco_scale``x, plots 480x480."""
-    if info.domain == "atari":
-        height, width = ATARI_FRAME
-        scale = atari_scale
-        while screen is not None and scale > 2 and Layout.for_box((width * scale, height * scale)).height > screen[1] * 0.95:
-            scale -= 1
-        return width * scale, height * scale
-    if info.domain == "mujoco":
-        return round(info.render_size[0] * mujoco_scale), round(info.render_size[1] * mujoco_scale)
-    return 480, 480
 
 
 class _Text:
@@ -204,9 +118,6 @@ class _Text:
         return surface
 
 
-# --------------------------------------------------------------------------- the viewer
-
-
 @dataclass
 class _Toast:
     text: str
@@ -220,20 +131,15 @@ class LabelViewer:
     Use as a context manager (``open`` / ``close``), then call :meth:`run`, or drive it
     frame by frame: post pygame events and call :meth:`step`.
 
+    The session parameters (``labeller``, ``ahead``, ``lease_seconds``, ``poll_seconds``,
+    ``loop_pause``, ``event_log``) are those of :class:`~prefrl.human.session.LabelSession`.
+
     :param clips_dir: the clips folder (holds ``labels.sqlite``)
     :param task: the store's task name
     :param info: how to render the clips (domain, env id, playback speed)
-    :param labeller: name stored with each label
-    :param ahead: pairs prepared ahead of the one on screen
-    :param lease_seconds: how long a pair stays reserved for this viewer without renewal
-        (renewed every quarter of it while the viewer lives)
-    :param poll_seconds: how often an idle viewer looks for new pairs
     :param atari_scale: Atari frames are shown this many times larger (default 3)
     :param mujoco_scale: MuJoCo renders are shown this many times larger
     :param fps_cap: frames drawn per second at most
-    :param loop_pause: seconds the last frame stays before a clip loops
-    :param event_log: a stream receiving one line per event (``shown``, ``label``, ``undo``,
-        ``waiting``, ``quit``), for scripts and tests
     :param theme: colours
     """
 
@@ -256,48 +162,25 @@ class LabelViewer:
         event_log: TextIO | None = None,
         theme: Theme | None = None,
     ) -> None:
-        if not labeller.strip():
-            raise PrefrlError("the labeller name is empty; give --name NAME")
-        self.clips_dir = Path(clips_dir)
-        self.task = task
-        self.info = info or RenderInfo(task=task)
-        self.labeller = labeller
-        self.ahead = ahead
-        self.lease_seconds = lease_seconds
-        self.poll_seconds = poll_seconds
+        self.session = LabelSession(
+            clips_dir, task, info or RenderInfo(task=task), labeller=labeller, ahead=ahead,
+            lease_seconds=lease_seconds, poll_seconds=poll_seconds, loop_pause=loop_pause,
+            event_log=event_log, notify=self._notify,
+        )
         self.atari_scale = atari_scale
         self.mujoco_scale = mujoco_scale
         self.fps_cap = fps_cap
-        self.loop_pause = loop_pause
-        self.event_log = event_log
         self.theme = theme or Theme()
-        self.owner = f"{labeller}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        #: labels stored by this viewer in this session (undo subtracts)
-        self.session_labels = 0
-        #: pair shown at the moment, or None (waiting)
-        self.current: PreparedPair | None = None
-        self.quitting = False
-        self.pairs_shown = 0
         self._pg: ModuleType | None = None
         self._screen: Any = None
         self._text: _Text | None = None
         self._keys: dict[int, Action] = {}
         self._layout: Layout | None = None
-        self._store: LabelStore | None = None
-        self._prefetch: PairPrefetcher | None = None
-        self._history: deque[str] = deque(maxlen=1000)  # pair ids this viewer answered, newest last
-        self._recent: OrderedDict[str, PreparedPair] = OrderedDict()  # kept for an instant undo
-        self._awaiting: str | None = None  # pair brought back by undo, still being prepared
-        self._shown_at = 0.0
         self._flash: tuple[Choice, float] | None = None
         self._toast: _Toast | None = None
-        self._counts = {"pairs": 0, "pending": 0, "answered": 0, "leased": 0}
-        self._counts_at = -math.inf
         self._mouse = (-1, -1)
         self._help_items: list[tuple[tuple[int, int, int, int], Action]] = []
-        self._was_waiting = False
         self._header_free = (0, 0)
-        self._announce: str | None = None
         self._drawn: tuple[Any, ...] | None = None  # signature of the frame on screen
 
     # ---------------------------------------------------------------- lifecycle
@@ -306,7 +189,7 @@ class LabelViewer:
         """Open the store and the window, start preparing pairs."""
         pg = import_pygame()
         self._pg = pg
-        self._store = LabelStore(self.clips_dir, self.task)
+        self.session.open_store()
         no_display = "cannot open a window (no display found); run the viewer on a desktop (DISPLAY set), " \
                      "or over ssh -X, or under xvfb-run"
         if sys.platform.startswith("linux") and not (
@@ -334,27 +217,18 @@ class LabelViewer:
         if not headless:
             sizes = pg.display.get_desktop_sizes()
             screen = sizes[0] if sizes and min(sizes[0]) > 0 else None
-        box = clip_box(self.info, self.atari_scale, self.mujoco_scale, screen)
+        box = clip_box(self.session.info, self.atari_scale, self.mujoco_scale, screen)
         self._layout = Layout.for_box(box)
-        pg.display.set_caption(f"prefrl label - {self.task}")  # ASCII: some X tools misread UTF-8 titles
+        pg.display.set_caption(f"prefrl label - {self.session.task}")  # ASCII: some X tools misread UTF-8 titles
         self._screen = pg.display.set_mode((self._layout.width, self._layout.height))
         self._text = _Text(pg)
         self._keys = key_actions(pg)
-        self._prefetch = PairPrefetcher(
-            self.clips_dir, self.task, self.owner, self.info, box,
-            ahead=self.ahead, lease_seconds=self.lease_seconds, poll_seconds=self.poll_seconds,
-        ).start()
-        self._refresh_counts(time.monotonic(), force=True)
+        self.session.start(box)
         return self
 
     def close(self) -> None:
         """Give back the leases of pairs not answered, close store and window (idempotent)."""
-        if self._prefetch is not None:
-            self._prefetch.stop(release=True)
-            self._prefetch = None
-        if self._store is not None:
-            self._store.close()
-            self._store = None
+        self.session.close()
         if self._pg is not None:
             self._pg.display.quit()
             self._pg = None
@@ -373,19 +247,22 @@ class LabelViewer:
         return self._layout
 
     @property
-    def prefetcher(self) -> PairPrefetcher:
-        assert self._prefetch is not None, "open() the viewer first"
-        return self._prefetch
-
-    @property
-    def store(self) -> LabelStore:
-        assert self._store is not None, "open() the viewer first"
-        return self._store
+    def current(self) -> PreparedPair | None:
+        """The pair on screen, or None (waiting)."""
+        return self.session.current
 
     @property
     def shown_at(self) -> float:
         """Clock reading when the pair on screen appeared (or was replayed)."""
-        return self._shown_at
+        return self.session.shown_at
+
+    @property
+    def prefetcher(self) -> PairPrefetcher:
+        return self.session.prefetcher
+
+    @property
+    def store(self) -> LabelStore:
+        return self.session.store
 
     @property
     def screen(self) -> Any:
@@ -407,8 +284,8 @@ class LabelViewer:
             if max_seconds is not None and time.monotonic() - started >= max_seconds:
                 break
             # Idle screens need few frames; playing clips get the full rate.
-            clock.tick(self.fps_cap if self.current is not None else min(self.fps_cap, 20))
-        return self.session_labels
+            clock.tick(self.fps_cap if self.session.current is not None else min(self.fps_cap, 20))
+        return self.session.session_labels
 
     def step(self, frame_time: float | None = None) -> bool:
         """Handle the queued events, bring on the next pair if due, draw one frame.
@@ -421,14 +298,11 @@ class LabelViewer:
         assert pg is not None, "open() the viewer first"
         for event in pg.event.get():
             self.handle_event(event)
-            if self.quitting:
+            if self.session.quitting:
                 break
         now = time.monotonic() if frame_time is None else frame_time
-        if not self.quitting:
-            self._advance(now)
-            for message in self.prefetcher.errors():
-                self._say(message, self.theme.error, seconds=6.0)
-            self._refresh_counts(now)
+        if not self.session.quitting:
+            self.session.update(now)
             # Redraw only when the picture changes (clips run at 15-30 fps, the loop at
             # 60): a full-window flip costs real CPU, which the trainer next door needs.
             signature = self._frame_signature(now)
@@ -436,23 +310,22 @@ class LabelViewer:
                 self.draw(now)
                 pg.display.flip()
                 self._drawn = signature
-            if self._announce is not None:
-                self._log("shown", pair=self._announce)
-                self._announce = None
-        return not self.quitting
+            self.session.confirm_shown()
+        return not self.session.quitting
 
     def _frame_signature(self, now: float) -> tuple[Any, ...]:
         """Everything the next frame depends on; equal signatures draw equal frames."""
-        shown = self.current
+        session = self.session
+        shown = session.current
         flash = None
         if self._flash is not None and 0 <= now - self._flash[1] < self.FLASH_SECONDS:
             flash = int((now - self._flash[1]) * 30)  # the fade, in 30 steps a second
         toast = self._toast.text if self._toast is not None and time.monotonic() <= self._toast.until else None
         return (
             shown.pair_id if shown is not None else None,
-            self.frame_index(now) if shown is not None else int(now * 20),  # clip frame, or spinner
-            flash, toast, tuple(self._counts.values()), self.session_labels, self._awaiting,
-            self._action_at(self._mouse), self.prefetcher.preparing,
+            session.frame_index(now) if shown is not None else int(now * 20),  # clip frame, or spinner
+            flash, toast, tuple(session.counts.values()), session.session_labels, session.awaiting,
+            self._action_at(self._mouse), session.prefetcher.preparing,
         )
 
     def handle_event(self, event: Any) -> None:
@@ -478,136 +351,30 @@ class LabelViewer:
         now = time.monotonic()
         choice = action.choice
         if choice is not None:
-            self._answer(choice, now)
+            if self.session.answer(choice, now):
+                self._flash = (choice, now)
         elif action is Action.REPLAY:
-            self._shown_at = now
+            self.session.replay(now)
         elif action is Action.UNDO:
-            self._undo(now)
+            if self.session.undo(now):
+                self._flash = None
         elif action is Action.QUIT:
-            self.quitting = True
-            self._log("quit", labels=self.session_labels)
-
-    # ---------------------------------------------------------------- answers
-
-    def _answer(self, choice: Choice, now: float) -> None:
-        shown = self.current
-        if shown is None:
-            self._say("no pair on screen yet: nothing to answer", self.theme.warn)
-            return
-        if self._announce == shown.pair_id:
-            # Two keys in one frame: the second would label a pair nobody has seen yet.
-            self._say("that pair was not on screen yet: look, then answer", self.theme.warn)
-            return
-        try:
-            # Committed (fsync'd) before anything else happens: kill -9 after this line
-            # cannot lose the label.
-            stored = self.store.record_label(shown.pair_id, choice, self.labeller)
-        except PrefrlError as exc:
-            self._say(f"could not save the answer: {exc}", self.theme.error, seconds=6.0)
-            return
-        self.prefetcher.answered(shown.pair_id)
-        self.current = None
-        if stored:
-            self.session_labels += 1
-            self._history.append(shown.pair_id)
-            self._recent[shown.pair_id] = shown
-            while len(self._recent) > 2:
-                self._recent.popitem(last=False)
-            self._flash = (choice, now)
-            self._say(f"saved: {_describe(choice)}  ·  pair {shown.pair_id}", self._choice_color(choice), seconds=2.0)
-        else:
-            self._say(f"pair {shown.pair_id} was already labelled elsewhere; skipped", self.theme.warn, seconds=3.0)
-        self._log("label", pair=shown.pair_id, choice=choice.value, stored=int(stored))
-        self._counts["answered"] += int(stored)
-        self._counts["pending"] = max(0, self._counts["pending"] - int(stored))
-        self._advance(now)
-
-    def _undo(self, now: float) -> None:
-        if not self._history:
-            self._say("nothing to undo", self.theme.warn)
-            return
-        pair_id = self._history.pop()
-        try:
-            undone = self.store.undo_label(pair_id, self.labeller, lease_to=self.owner, lease_seconds=self.lease_seconds)
-        except PrefrlError as exc:
-            self._say(f"could not undo: {exc}", self.theme.error, seconds=6.0)
-            return
-        if not undone:
-            self._say(f"cannot undo pair {pair_id}: its label is gone", self.theme.warn, seconds=3.0)
-            return
-        self.session_labels -= 1
-        self.prefetcher.hold(pair_id)
-        if self.current is not None:
-            self.prefetcher.put_back(self.current)  # still leased to us: shown right after
-            self.current = None
-        prepared = self._recent.pop(pair_id, None)
-        if prepared is not None:
-            self._show(prepared, now)
-        else:
-            self._awaiting = pair_id
-            self.prefetcher.request(pair_id)
-        self._flash = None
-        self._say(f"undone: pair {pair_id} is back, answer it again", self.theme.warn, seconds=2.5)
-        self._log("undo", pair=pair_id)
-        self._refresh_counts(now, force=True)
-
-    def _advance(self, now: float) -> None:
-        if self.current is not None:
-            return
-        prepared = self.prefetcher.take(self._awaiting)
-        if prepared is not None:
-            self._awaiting = None
-            self._show(prepared, now)
-        elif not self._was_waiting and self._awaiting is None and self.prefetcher.idle:
-            self._was_waiting = True
-            self._log("waiting")
-
-    def _show(self, prepared: PreparedPair, now: float) -> None:
-        self.current = prepared
-        self._shown_at = now
-        self._was_waiting = False
-        self.pairs_shown += 1
-        self._announce = prepared.pair_id  # logged once it is really on screen (after the flip)
-
-    def _refresh_counts(self, now: float, force: bool = False) -> None:
-        if force or now - self._counts_at >= 0.5:
-            self._counts = self.store.counts()
-            self._counts_at = now
+            self.session.quit()
 
     # ---------------------------------------------------------------- helpers
 
-    def _log(self, event: str, **fields: Any) -> None:
-        if self.event_log is not None:
-            details = " ".join(f"{k}={v}" for k, v in fields.items())
-            self.event_log.write(f"event={event} {details}".rstrip() + "\n")
-            self.event_log.flush()
-
-    def _say(self, text: str, color: tuple[int, int, int], seconds: float = 1.5) -> None:
-        self._toast = _Toast(text, color, time.monotonic() + seconds)
-
-    def _choice_color(self, choice: Choice) -> tuple[int, int, int]:
-        t = self.theme
-        return {Choice.LEFT: t.left, Choice.RIGHT: t.right, Choice.TIE: t.tie, Choice.CANT_TELL: t.cant_tell}[choice]
+    def _notify(self, notice: Notice) -> None:
+        self._toast = _Toast(notice.text, self.theme.color(notice.tone), time.monotonic() + notice.seconds)
 
     def _action_at(self, pos: tuple[int, int]) -> Action | None:
-        if self.current is not None:
+        if self.session.current is not None:
             for rect, action in ((self.layout.left_box, Action.LEFT), (self.layout.right_box, Action.RIGHT)):
-                if _inside(pos, rect):
+                if inside(pos, rect):
                     return action
         for rect, action in self._help_items:
-            if _inside(pos, rect):
+            if inside(pos, rect):
                 return action
         return None
-
-    def frame_index(self, now: float) -> int:
-        """Index of the frame both clips show at ``now`` (loops, pausing at the end)."""
-        shown = self.current
-        if shown is None:
-            return 0
-        count = len(shown.left)
-        period = count / shown.fps + self.loop_pause
-        elapsed = (now - self._shown_at) % period
-        return min(count - 1, int(elapsed * shown.fps))
 
     # ---------------------------------------------------------------- drawing
 
@@ -616,8 +383,8 @@ class LabelViewer:
         screen, theme = self._screen, self.theme
         screen.fill(theme.background)
         self._draw_header()
-        if self.current is not None:
-            self._draw_pair(self.current, now)
+        if self.session.current is not None:
+            self._draw_pair(self.session.current, now)
         else:
             self._draw_waiting(now)
         self._draw_help()
@@ -634,12 +401,12 @@ class LabelViewer:
         pg.draw.rect(self._screen, theme.panel, (0, 0, lay.width, lay.header_height))
         dot = text.sym(" · ", " | ")
         title = self._blit(text.render("prefrl", "title", theme.text, bold=True), Layout.MARGIN, 13)
-        task = self._blit(text.render(f"{dot.strip()}  {self.task}", "body", theme.dim), title.right + 10, 17)
-        c = self._counts
-        stats = f"labelled {c['answered']} / {c['pairs']}{dot}pending {c['pending']}{dot}you {self.session_labels}"
+        task = self._blit(text.render(f"{dot.strip()}  {self.session.task}", "body", theme.dim), title.right + 10, 17)
+        c = self.session.counts
+        stats = f"labelled {c['answered']} / {c['pairs']}{dot}pending {c['pending']}{dot}you {self.session.session_labels}"
         stats_rect = self._blit(text.render(stats, "body", theme.text), lay.width - Layout.MARGIN, 8, "topright")
-        if self.current is not None:
-            label = text.render(f"pair {self.current.pair_id}", "small", theme.dim)
+        if self.session.current is not None:
+            label = text.render(f"pair {self.session.current.pair_id}", "small", theme.dim)
             self._blit(label, lay.width - Layout.MARGIN, 31, "topright")
         self._header_free = (task.right + 16, stats_rect.left - 16)
         if self._toast is None or not self._toast_fits():
@@ -654,7 +421,7 @@ class LabelViewer:
     def _draw_pair(self, shown: PreparedPair, now: float) -> None:
         pg, text, theme, lay = self._pg, self._text, self.theme, self.layout
         assert pg is not None and text is not None
-        index = self.frame_index(now)
+        index = self.session.frame_index(now)
         flash_choice, flash_strength = None, 0.0
         if self._flash is not None:
             age = now - self._flash[1]
@@ -677,17 +444,17 @@ class LabelViewer:
             self._screen.blit(surface, (x + (w - fw) // 2, y + (h - fh) // 2))
             # Border: the side's colour, brighter under the mouse; flashes after an answer.
             hovered = hover is not None and hover.value == side_choice.value
-            border = accent if hovered else _mix(accent, theme.background, 0.55)
+            border = accent if hovered else mix(accent, theme.background, 0.55)
             pg.draw.rect(self._screen, border, (x - 3, y - 3, w + 6, h + 6), 3, border_radius=4)
             if flash_choice is not None and (
                 flash_choice is side_choice or flash_choice in (Choice.TIE, Choice.CANT_TELL)
             ):
-                glow = _mix(self._choice_color(flash_choice), theme.background, flash_strength)
+                glow = mix(theme.color(flash_choice.value), theme.background, flash_strength)
                 pg.draw.rect(self._screen, glow, (x - 8, y - 8, w + 16, h + 16), 4, border_radius=8)
             # Playhead.
             pg.draw.rect(self._screen, theme.faint, (x, lay.bar_y, w, 6), border_radius=3)
             done = (index + 1) / len(frames)
-            pg.draw.rect(self._screen, _mix(accent, theme.background, 0.8), (x, lay.bar_y, max(6, round(w * done)), 6),
+            pg.draw.rect(self._screen, mix(accent, theme.background, 0.8), (x, lay.bar_y, max(6, round(w * done)), 6),
                          border_radius=3)
         if shown.note and self._toast is None:
             self._blit(text.render(shown.note, "small", theme.warn), lay.width // 2, lay.bar_y + 12, "midtop")
@@ -701,25 +468,7 @@ class LabelViewer:
         angle = (now * 3.0) % (2 * math.pi)
         pg.draw.circle(self._screen, theme.faint, (cx, cy - 50), 22, 4)
         pg.draw.arc(self._screen, theme.left, (cx - 22, cy - 72, 44, 44), angle, angle + 1.8, 4)
-        c = self._counts
-        dots = text.sym("…", "...")
-        preparing = self.prefetcher.preparing
-        if self._awaiting is not None:
-            headline, detail = f"loading pair {self._awaiting}{dots}", "it comes back in a moment"
-        elif preparing is not None:
-            what = "rendering the clips" if self.info.domain == "mujoco" else "loading the clips"
-            headline, detail = f"preparing the next pair{dots}", f"{what} of pair {preparing}"
-        elif not self.prefetcher.idle:
-            headline, detail = f"looking for clip pairs{dots}", "reading the label store"
-        else:
-            headline = f"waiting for new clips{dots}"
-            if c["pairs"] and not c["pending"]:
-                detail = f"all {_plural(c['pairs'], 'pair')} labelled; the trainer adds more as it runs"
-            elif c["pending"]:
-                detail = f"the {_plural(c['pending'], 'pending pair')} {'is' if c['pending'] == 1 else 'are'} " \
-                         "on other viewers' screens"
-            else:
-                detail = "no clip pairs yet; the trainer adds them as it runs"
+        headline, detail = self.session.waiting_message(text.sym("…", "..."))
         self._blit(text.render(headline, "big", theme.text, bold=True), cx, cy, "midtop")
         self._blit(text.render(detail, "body", theme.dim), cx, cy + 44, "midtop")
         self._blit(text.render(f"{text.sym('q / esc', 'q / Esc')} quits; labels are saved on every keypress",
@@ -729,21 +478,11 @@ class LabelViewer:
         pg, text, theme, lay = self._pg, self._text, self.theme, self.layout
         assert pg is not None and text is not None
         pg.draw.rect(self._screen, theme.panel, (0, lay.help_y, lay.width, lay.height - lay.help_y))
-        s = text.sym
-        items = (
-            (s("← / 1", "Left / 1"), "left better", theme.left, Action.LEFT),
-            (s("→ / 2", "Right / 2"), "right better", theme.right, Action.RIGHT),
-            (s("↑ / =", "Up / ="), "equally good", theme.tie, Action.TIE),
-            (s("↓ / x", "Down / x"), "can't tell", theme.cant_tell, Action.CANT_TELL),
-            ("space", "replay", theme.dim, Action.REPLAY),
-            (s("⌫ / u", "Bksp / u"), "undo", theme.dim, Action.UNDO),
-            ("q / esc", "quit", theme.dim, Action.QUIT),
-        )
         rendered = []
-        for key, what, color, action in items:
-            key_surface = text.render(key, "key", theme.background, bold=True)
+        for fancy, plain, what, tone, action in HELP_ITEMS:
+            key_surface = text.render(text.sym(fancy, plain), "key", theme.background, bold=True)
             what_surface = text.render(what, "small", theme.text)
-            rendered.append((key_surface, what_surface, color, action))
+            rendered.append((key_surface, what_surface, theme.color(tone), action))
         spacing = 22
         total = sum(k.get_width() + 12 + 6 + w.get_width() for k, w, _, _ in rendered) + spacing * (len(rendered) - 1)
         x = max(Layout.MARGIN, (lay.width - total) // 2)
@@ -757,7 +496,7 @@ class LabelViewer:
             width = chip[2] + 6 + what_surface.get_width()
             self._help_items.append(((x, y, width, 24), action))
             x += width + spacing
-        hint = f"label as {self.labeller}{text.sym(' · ', ' | ')}click a clip to choose it{text.sym(' · ', ' | ')}{self.clips_dir}"
+        hint = f"label as {self.session.labeller}{text.sym(' · ', ' | ')}click a clip to choose it{text.sym(' · ', ' | ')}{self.session.clips_dir}"
         self._blit(text.render(hint, "small", theme.faint), lay.width // 2, y + 32, "midtop")
 
     def _toast_surface(self) -> Any:
@@ -786,22 +525,3 @@ class LabelViewer:
         pg.draw.rect(self._screen, self.theme.panel, rect, border_radius=14)
         pg.draw.rect(self._screen, toast.color, rect, 1, border_radius=14)
         self._blit(surface, rect[0] + width // 2, rect[1] + height // 2, "center")
-
-
-def _inside(pos: tuple[int, int], rect: tuple[int, int, int, int]) -> bool:
-    x, y, w, h = rect
-    return x <= pos[0] < x + w and y <= pos[1] < y + h
-
-
-def _mix(color: tuple[int, int, int], other: tuple[int, int, int], amount: float) -> tuple[int, int, int]:
-    """``amount`` of ``color`` and the rest of ``other``."""
-    return tuple(round(a * amount + b * (1 - amount)) for a, b in zip(color, other))  # type: ignore[return-value]
-
-
-def _plural(count: int, noun: str) -> str:
-    return f"{count} {noun}" + ("" if count == 1 else "s")
-
-
-def _describe(choice: Choice) -> str:
-    return {Choice.LEFT: "LEFT is better", Choice.RIGHT: "RIGHT is better",
-            Choice.TIE: "equally good", Choice.CANT_TELL: "can't tell"}[choice]

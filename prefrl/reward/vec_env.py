@@ -1,12 +1,14 @@
-"""VecEnv wrappers of the learned arm: record segments, replace the reward.
+"""The learned arm's reward: a VecEnv wrapper that replaces the env's reward with the
+reward model's, and the PPO callback that relabels a whole rollout at once.
 
-Both sit directly on the raw vectorised env (below ``VecNormalize``) so that segments and
-the reward model see the env's own observations, not running-normalised ones.
+The wrapper sits on the segment recorder, directly on the raw vectorised env (below
+``VecNormalize``), so the reward model sees the env's own observations, not
+running-normalised ones.
 
 The learned reward is computed either step by step (one ensemble call per vectorised
 step) or, ``deferred``, for a whole PPO rollout in one batched call at its end: SB3 needs
 rewards only when it computes returns and advantages after the rollout, so the wrapper
-hands out placeholder zeros while collecting and ``training.RolloutRelabelCallback``
+hands out placeholder zeros while collecting and :class:`RolloutRelabelCallback`
 writes the real rewards into the rollout buffer and recomputes returns. For the MLP the
 whole rollout then costs about what one step cost before; for the Atari CNN, whose
 inference is compute-bound (~0.5-1 ms a frame on one core), chunks of the rollout are
@@ -19,75 +21,22 @@ reward scaling (:class:`ReturnNormalizer`, an exact replay of it).
 from __future__ import annotations
 
 import copy
+import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.running_mean_std import RunningMeanStd
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper, VecNormalize
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from prefrl.data.segments import SegmentBuffer
+from prefrl.util.errors import PrefrlError
 from prefrl.util.threads import setup_background_thread
 
 RewardFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-class SegmentRecorder(VecEnvWrapper):
-    """Feeds every step (observation acted on, action, true reward) to a segment buffer.
-
-    Must wrap the env whose rewards are the true rewards. ``step_async`` is overridden
-    only to remember the actions, which ``step_wait`` does not receive.
-
-    :param venv: the vectorised env with the true reward
-    :param buffer: where segments are cut
-    :param record_frames: keep ``info["frame"]`` (RGB for people) in the segments
-    """
-
-    def __init__(self, venv: VecEnv, buffer: SegmentBuffer, record_frames: bool = False) -> None:
-        super().__init__(venv)
-        self.buffer = buffer
-        self.record_frames = record_frames
-        self.num_steps = 0
-        self._last_obs: np.ndarray | None = None
-        self._actions: np.ndarray | None = None
-
-    def reset(self) -> VecEnvObs:
-        obs = self.venv.reset()
-        self._last_obs = np.asarray(obs)
-        return obs
-
-    def step_async(self, actions: np.ndarray) -> None:
-        self._actions = np.asarray(actions)
-        self.venv.step_async(actions)
-
-    def step_wait(self) -> VecEnvStepReturn:
-        obs, rewards, dones, infos = self.venv.step_wait()
-        assert self._last_obs is not None and self._actions is not None, "step before reset"
-        self.buffer.add_step(
-            step=self.num_steps,
-            observations=self._last_obs,
-            actions=self._actions,
-            true_rewards=rewards,
-            dones=dones,
-            after_termination=np.array([info.get("after_termination", False) for info in infos]),
-            render_states=[info.get("render_state") for info in infos],
-            frames=[info.get("frame") for info in infos] if self.record_frames else None,
-        )
-        self.num_steps += self.num_envs
-        self._last_obs = np.asarray(obs)
-        return obs, rewards, dones, infos
-
-    def run_state(self) -> dict[str, Any]:
-        """Step counter and the last observation and actions (for a run checkpoint; the
-        segment buffer is checkpointed by its owner)."""
-        return {"num_steps": self.num_steps, "last_obs": _copy(self._last_obs), "actions": _copy(self._actions)}
-
-    def load_run_state(self, state: dict[str, Any]) -> None:
-        self.num_steps = int(state["num_steps"])
-        self._last_obs, self._actions = _copy(state["last_obs"]), _copy(state["actions"])
 
 
 class ReturnNormalizer:
@@ -340,6 +289,53 @@ class LearnedRewardVecEnv(VecEnvWrapper):
         for t in range(steps):
             self._track_returns(learned[t], dones[t])
         return self.normalizer(learned, dones) if self.normalizer is not None else learned
+
+
+class RolloutRelabelCallback(BaseCallback):
+    """Writes the learned reward of a whole rollout into PPO's rollout buffer at once.
+
+    The learned-reward wrapper (``deferred=True``) hands PPO placeholder zeros while the
+    rollout is collected; at the rollout's end this callback (first in the callback
+    list, so before anything reads the buffer) asks the wrapper for the rewards of all
+    its steps in one batched ensemble call, adds them to the buffer and recomputes
+    returns and advantages with the last values and dones of the rollout.
+
+    *Adds*: SB3 has already added ``gamma * V(terminal observation)`` to the reward of
+    every step truncated by the time limit (``collect_rollouts``); on top of the
+    placeholder zero that term is exactly what the buffer holds, and it is kept.
+
+    A non-finite learned reward raises the wrapper's ``FloatingPointError`` (the trainer
+    stops the run and names the step).
+
+    :param learned_env: the deferred learned-reward wrapper
+    """
+
+    def __init__(self, learned_env: LearnedRewardVecEnv) -> None:
+        super().__init__()
+        if not learned_env.deferred:
+            raise PrefrlError("RolloutRelabelCallback needs a LearnedRewardVecEnv with deferred=True")
+        self.learned_env = learned_env
+        #: seconds spent relabelling (reward-model calls and return recomputation)
+        self.seconds = 0.0
+
+    def _on_rollout_start(self) -> None:
+        self.learned_env.discard_pending()  # the steps of an abandoned rollout, if any
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        start = time.perf_counter()
+        buffer = self.model.rollout_buffer
+        rewards = self.learned_env.relabel()
+        if rewards.shape != buffer.rewards.shape:
+            raise RuntimeError(
+                f"relabelling: {rewards.shape[0]} kept steps for a rollout buffer of {buffer.rewards.shape[0]}; "
+                "the learned-reward wrapper must be stepped only by PPO's rollout collection"
+            )
+        buffer.rewards += rewards
+        buffer.compute_returns_and_advantage(last_values=self.locals["values"], dones=self.locals["dones"])
+        self.seconds += time.perf_counter() - start
 
 
 def _copy(array: np.ndarray | None) -> np.ndarray | None:

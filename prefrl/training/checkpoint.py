@@ -1,118 +1,40 @@
-"""Crash-safe files: everything a run keeps is written atomically.
+"""A run's checkpoint and its run directory: the checkpoint files (data only, written
+atomically; the old pickle format read only when trusted), the layout version, the lock
+held while training, the global random states, logs of resumed sessions and settings
+compared on resume.
 
-A file is written to a temporary name in the same folder, flushed and fsynced, then
-renamed over the old one (and the folder fsynced), so a crash or a full disk at any
-moment leaves either the previous complete file or the new complete file, never a torn
-one. Also: capture and restore of the global random states a run depends on, of the
-exact state of environments (MuJoCo, Atari, classic control, their wrappers), the run
-checkpoint file and the run directory's layout version.
+The env states inside a checkpoint are captured by :mod:`prefrl.envs.state`; how the
+nested state becomes files is :mod:`prefrl.training.state_format`; atomic writes are
+:mod:`prefrl.util.atomic`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import csv
 import io
 import json
 import os
-import pickle
 import random
-import tempfile
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 import torch
 
 from prefrl.training.legacy_pickle import UnsafeCheckpointError, load_legacy_pickle
-
-
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary file beside ``path``; on success it replaces ``path`` atomically.
-
-    On any error (including ``OSError: No space left on device``) the temporary file is
-    removed and ``path`` keeps its previous content.
-
-    :param path: the file to (re)write
-    :param mode: ``"wb"`` or ``"w"``
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_file(path, "wb") as handle:
-        handle.write(data)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_file(path, "w") as handle:
-        handle.write(text)
-
-
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+from prefrl.training.state_format import StateDecoder, StateEncoder
+from prefrl.util.atomic import atomic_file, atomic_write_json
+from prefrl.util.errors import PrefrlError
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` into ``path`` atomically (:func:`prefrl.util.atomic.atomic_file`)."""
     with atomic_file(path, "wb") as handle:
         torch.save(obj, handle)
-
-
-def atomic_pickle(obj: Any, path: str | os.PathLike) -> None:
-    """Pickle ``obj`` into ``path`` atomically, streamed (no second copy in memory).
-
-    Plain pickle rather than ``torch.save``: torch's zip writer turns a write error
-    (``ENOSPC``) into a ``RuntimeError`` about file positions; pickle lets the
-    ``OSError`` through. Tensors pickle as they are.
-    """
-    with atomic_file(path, "wb") as handle:
-        pickle.dump(obj, handle, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def atomic_save_with(path: str | os.PathLike, save: Callable[[Path], Any]) -> None:
-    """Atomically write a file produced by a library's ``save(path)`` (e.g. SB3's
-    ``model.save``), which insists on a path of its own: it saves to a temporary path in
-    the same folder, which then replaces ``path``."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.partial{target.suffix}")
-    try:
-        save(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def global_rng_states() -> dict[str, Any]:
@@ -134,12 +56,25 @@ def restore_global_rng_states(states: dict[str, Any]) -> None:
 
 #: Layout version of a run directory, in its ``config.json`` (``run_dir_schema``) and in
 #: its checkpoint. Directories without it were written before checkpoints existed.
-#: 1: ``checkpoint/state.pt`` holds everything a run needs to continue.
-RUN_DIR_SCHEMA = 1
+#: 1: ``checkpoint/state.pt``, one pickle, holds everything a run needs to continue.
+#: 2: the checkpoint is data files: ``checkpoint/state.json`` (the nested state as tagged
+#: JSON, see :mod:`prefrl.training.state_format`) naming a tensors file
+#: (``torch.load(weights_only=True)``) and an arrays file (``np.load(allow_pickle=False)``).
+#: A prefrl that reads only 1 refuses such a directory because of its ``config.json``.
+RUN_DIR_SCHEMA = 2
 #: Marks a file as a prefrl run checkpoint.
 CHECKPOINT_FORMAT = "prefrl-run-checkpoint"
-#: Where a run keeps its checkpoint, relative to the run directory.
-CHECKPOINT_FILE = Path("checkpoint") / "state.pt"
+#: Where a run keeps its checkpoint, relative to the run directory: the file whose atomic
+#: replacement commits a checkpoint (it names the data files that belong to it).
+CHECKPOINT_FILE = Path("checkpoint") / "state.json"
+#: The checkpoint of run-dir layout 1 (a pickle: read only when the user trusts it).
+LEGACY_CHECKPOINT_FILE = Path("checkpoint") / "state.pt"
+#: Names of a checkpoint's data files (``<token>``: which write they belong to).
+_DATA_FILE = re.compile(r"(tensors\.[0-9a-z-]+\.pt|arrays\.[0-9a-z-]+\.npz)")
+
+
+class OldCheckpointWarning(UserWarning):
+    """A checkpoint of the pickle format is being read (the user allowed it)."""
 
 
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
@@ -202,58 +137,164 @@ def newest_progress(run_dir: str | os.PathLike) -> tuple[int, dict[str, str]] | 
     return start, tail_row(path)
 
 
+def upgrade_run_dir_1_to_2(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """Run-dir layout 1 to 2: only the checkpoint's format changed, which
+    :func:`read_checkpoint` reads (with the user's consent) and :func:`write_checkpoint`
+    replaces, marking ``config.json`` then; the settings stay as they are."""
+    return {**config, "run_dir_schema": 2}
+
+
 def write_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
     """Write a run's checkpoint atomically: the previous one stays until this one is
     complete on disk (a crash or a full disk mid-write leaves the previous one).
 
+    The data files are written first, under names of their own; replacing ``state.json``
+    (which names them) commits the checkpoint; then the previous one's files go.
+
     :param run_dir: the run directory
     :param step: env steps the state has taken (shown when resuming)
-    :param state: anything picklable; shared objects are stored once
+    :param state: nested data (see :mod:`prefrl.training.state_format`); shared objects
+        are stored once
     :return: the checkpoint file
+    :raises OSError: the disk is full or unwritable (the previous checkpoint stays)
     """
     path = checkpoint_path(run_dir)
-    atomic_pickle({"format": CHECKPOINT_FORMAT, "schema": RUN_DIR_SCHEMA, "step": int(step), "state": state}, path)
+    encoder = StateEncoder()
+    document = encoder.encode(state)
+    _raise_config_schema(Path(run_dir))
+    token = f"{int(step)}-{os.urandom(3).hex()}"  # os.urandom: the run's random streams stay untouched
+    tensors_file, arrays_file = path.parent / f"tensors.{token}.pt", path.parent / f"arrays.{token}.npz"
+    manifest = {"format": CHECKPOINT_FORMAT, "schema": RUN_DIR_SCHEMA, "step": int(step),
+                "tensors": tensors_file.name, "arrays": arrays_file.name, "state": document}
+    try:
+        # Into memory first: torch's zip writer reports a full disk as a RuntimeError.
+        tensors = io.BytesIO()
+        torch.save(encoder.tensors, tensors)
+        with atomic_file(tensors_file, "wb") as handle:
+            handle.write(tensors.getbuffer())
+        with atomic_file(arrays_file, "wb") as handle:
+            np.savez(handle, **encoder.arrays)
+        with atomic_file(path, "wb") as handle:
+            handle.write(json.dumps(manifest, allow_nan=False, separators=(",", ":")).encode())
+    except BaseException:
+        for written in (tensors_file, arrays_file):
+            with contextlib.suppress(OSError):
+                written.unlink()
+        raise
+    _remove_stale_files(path.parent, keep={tensors_file.name, arrays_file.name})
+    with contextlib.suppress(OSError):
+        (Path(run_dir) / LEGACY_CHECKPOINT_FILE).unlink()  # this run has left the pickle format
     return path
 
 
-def read_checkpoint(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+def _raise_config_schema(run_dir: Path) -> None:
+    """A run resumed from an older layout writes the new checkpoint format: its
+    ``config.json`` says so first, so that the older prefrl refuses the directory
+    instead of missing the checkpoint and starting the run over."""
+    config_path = run_dir / "config.json"
+    try:
+        config = json.loads(config_path.read_text())
+    except (OSError, ValueError):
+        return
+    schema = config.get("run_dir_schema") if isinstance(config, dict) else None
+    if isinstance(schema, int) and schema < RUN_DIR_SCHEMA:
+        atomic_write_json(config_path, {**config, "run_dir_schema": RUN_DIR_SCHEMA})
+
+
+def read_checkpoint(run_dir: str | os.PathLike, *, trust_old_checkpoint: bool = False) -> dict[str, Any] | None:
     """A run's checkpoint (``{"step", "state", ...}``), or None if it has none.
 
-    :raises PrefrlError: unreadable, not a checkpoint, or written by a newer prefrl
+    :param run_dir: the run directory
+    :param trust_old_checkpoint: read a checkpoint of the old format (a pickle) too, through
+        :mod:`prefrl.training.legacy_pickle`'s allow-list, with an :class:`OldCheckpointWarning`
+    :raises PrefrlError: unreadable, not a checkpoint, written by a newer prefrl, or of the
+        old format without ``trust_old_checkpoint`` (or naming code outside the allow-list)
     """
-    from prefrl.util.errors import PrefrlError
-
     path = checkpoint_path(run_dir)
-    if not path.is_file():
+    if path.is_file():
+        return _read_data_files(path)
+    legacy = Path(run_dir) / LEGACY_CHECKPOINT_FILE
+    if not legacy.is_file():
         return None
+    if not trust_old_checkpoint:
+        raise PrefrlError(f"{legacy} is a checkpoint of an earlier prefrl, a pickle: opening a pickle can run code of "
+                          "whoever made it, so it was not opened; if this run is yours, resume with "
+                          "--trust-old-checkpoint, else move it away to start the run over")
+    warnings.warn(f"reading {legacy}, an old-format checkpoint (a pickle, which can run code of whoever made it): "
+                  "only allow-listed data types are accepted; the run continues in the new format",
+                  OldCheckpointWarning, stacklevel=2)
     try:
-        with open(path, "rb") as handle:
+        with open(legacy, "rb") as handle:
             data = load_legacy_pickle(handle)
     except UnsafeCheckpointError as exc:
-        raise PrefrlError(f"checkpoint {path} was refused: {exc}; it may run someone's code, so it was not "
+        raise PrefrlError(f"checkpoint {legacy} was refused: {exc}; it may run someone's code, so it was not "
                           "opened: move it away to start the run over") from None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is reported as such
-        raise PrefrlError(f"checkpoint {path} is unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
-                          "move it away to start the run over") from None
+        raise _unreadable(legacy, exc) from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise PrefrlError(f"{path} is not a prefrl run checkpoint; move it away to start the run over")
-    check_run_dir_schema(data.get("schema"), str(path))
+        raise PrefrlError(f"{legacy} is not a prefrl run checkpoint; move it away to start the run over")
+    check_run_dir_schema(data.get("schema"), str(legacy))
     return data
 
 
+def _read_data_files(path: Path) -> dict[str, Any]:
+    """Read a checkpoint of the current format: no pickle is involved.
+
+    :raises PrefrlError: see :func:`read_checkpoint`
+    """
+    try:
+        manifest = json.loads(path.read_bytes())
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported as such
+        raise _unreadable(path, exc) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise PrefrlError(f"{path} is not a prefrl run checkpoint; move it away to start the run over")
+    check_run_dir_schema(manifest.get("schema"), str(path))
+    try:
+        names = [manifest["tensors"], manifest["arrays"]]
+        if not all(isinstance(name, str) and _DATA_FILE.fullmatch(name) for name in names):
+            raise ValueError(f"it names data files {names}")
+        tensors = torch.load(path.parent / names[0], weights_only=True)
+        with np.load(path.parent / names[1], allow_pickle=False) as arrays:
+            state = StateDecoder(tensors, arrays).decode(manifest["state"])
+        return {"format": CHECKPOINT_FORMAT, "schema": manifest["schema"], "step": int(manifest["step"]), "state": state}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is reported as such
+        raise _unreadable(path, exc) from None
+
+
+def _unreadable(path: Path, exc: Exception) -> PrefrlError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return PrefrlError(f"checkpoint {path} is unreadable ({detail}); move it away to start the run over")
+
+
+def _remove_stale_files(folder: Path, keep: set[str]) -> int:
+    """Delete what checkpoint writes leave behind: temporary files of a write that was
+    cut, and data files that ``state.json`` does not name (a superseded checkpoint's)."""
+    removed = 0
+    for file in folder.iterdir() if folder.is_dir() else ():
+        cut_write = file.name.startswith(".") and file.name.endswith(".tmp")
+        superseded = _DATA_FILE.fullmatch(file.name) is not None and file.name not in keep
+        if (cut_write or superseded) and file.is_file():
+            with contextlib.suppress(OSError):
+                file.unlink()
+                removed += 1
+    return removed
+
+
 def remove_partial_checkpoints(run_dir: str | os.PathLike) -> int:
-    """Delete temporary files of checkpoint writes that a killed process left behind
-    (the checkpoint itself is never partial).
+    """Delete temporary files of checkpoint writes that a killed process left behind and
+    data files of no checkpoint (the checkpoint itself is never partial).
 
     :return: files removed
     """
-    folder = checkpoint_path(run_dir).parent
-    removed = 0
-    for tmp in folder.glob(f".{CHECKPOINT_FILE.name}.*.tmp") if folder.is_dir() else ():
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed += 1
-    return removed
+    path = checkpoint_path(run_dir)
+    keep: set[str] = set()
+    if path.is_file():
+        try:
+            manifest = json.loads(path.read_bytes())
+            keep = {manifest["tensors"], manifest["arrays"]}
+        except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported when it is read
+            return 0
+    return _remove_stale_files(path.parent, keep)
 
 
 #: Held (``flock``) by the process training in a run directory.
@@ -269,8 +310,6 @@ def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
     :raises PrefrlError: another process holds it
     """
     import fcntl
-
-    from prefrl.util.errors import PrefrlError
 
     folder = Path(run_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -294,8 +333,6 @@ def check_run_dir_schema(schema: Any, where: str) -> None:
 
     :raises PrefrlError: newer or malformed version
     """
-    from prefrl.util.errors import PrefrlError
-
     if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
         raise PrefrlError(f"{where} has an invalid run_dir_schema {schema!r}; it was not written by prefrl")
     if schema > RUN_DIR_SCHEMA:
@@ -303,184 +340,6 @@ def check_run_dir_schema(schema: Any, where: str) -> None:
             f"{where} was written by a newer prefrl (run-dir schema {schema}, this prefrl reads up to "
             f"{RUN_DIR_SCHEMA}); resume it with that prefrl version"
         )
-
-
-# --------------------------------------------------------------------------- object state
-
-#: Attribute values copied by :func:`capture_attributes`: data, not resources.
-_PLAIN_SCALARS = (type(None), bool, int, float, complex, str, bytes, np.generic)
-
-
-def _is_plain(value: Any, depth: int = 0) -> bool:
-    """True for data that can be copied and pickled safely: numbers, strings, numeric
-    arrays, numpy generators and containers of them (not envs, spaces, simulators,
-    files or locks)."""
-    if depth > 6:
-        return False
-    if isinstance(value, _PLAIN_SCALARS) or isinstance(value, np.random.Generator):
-        return True
-    if isinstance(value, np.ndarray):
-        return value.dtype != object
-    if isinstance(value, (list, tuple, set, frozenset, deque)):
-        return all(_is_plain(v, depth + 1) for v in value)
-    if isinstance(value, dict):
-        return all(_is_plain(k, depth + 1) and _is_plain(v, depth + 1) for k, v in value.items())
-    return False
-
-
-def capture_attributes(obj: Any, skip: Iterable[str] = ()) -> dict[str, Any]:
-    """Copies of the plain-data attributes of ``obj`` (see :func:`_is_plain`)."""
-    skipped = set(skip)
-    return {
-        name: copy.deepcopy(value)
-        for name, value in vars(obj).items()
-        if name not in skipped and _is_plain(value)
-    }
-
-
-def restore_attributes(obj: Any, state: dict[str, Any]) -> None:
-    """Put captured attributes back. Generators and same-shaped arrays are restored in
-    place, so other objects holding the same generator or array see the restored state."""
-    for name, saved in state.items():
-        current = getattr(obj, name, None)
-        if isinstance(current, np.random.Generator) and isinstance(saved, np.random.Generator):
-            current.bit_generator.state = saved.bit_generator.state
-        elif (isinstance(current, np.ndarray) and isinstance(saved, np.ndarray) and current.flags.writeable
-              and current.shape == saved.shape and current.dtype == saved.dtype):
-            current[...] = saved
-        else:
-            setattr(obj, name, copy.deepcopy(saved))
-
-
-def restore_generator(target: np.random.Generator, state: dict[str, Any]) -> None:
-    """Set a generator's state in place (``state``: ``bit_generator.state``)."""
-    target.bit_generator.state = state
-
-
-# --------------------------------------------------------------------------- environments
-
-
-def _env_layers(env: gym.Env) -> list[gym.Env]:
-    layers = [env]
-    while isinstance(layers[-1], gym.Wrapper):
-        layers.append(layers[-1].env)
-    return layers
-
-
-def capture_env_state(env: gym.Env) -> list[dict[str, Any]]:
-    """The exact state of one env and every wrapper around it, outermost first.
-
-    Each layer's plain attributes (step counters, episode flags, ``np_random``, frame
-    stacks, Monitor's episode statistics) are copied; a MuJoCo simulation is copied
-    whole (``MjData``, so the continued physics is bit-identical, solver warm start
-    included), an Atari emulator as ``cloneState(include_rng=True)`` (sticky-action
-    randomness included).
-    """
-    states = []
-    for layer in _env_layers(env):
-        state: dict[str, Any] = {"class": type(layer).__name__, "attributes": capture_attributes(layer, skip=("env",))}
-        data = getattr(layer, "data", None)
-        if data is not None and type(data).__module__.startswith("mujoco") and type(data).__name__ == "MjData":
-            state["mujoco_data"] = copy.deepcopy(data)
-        ale = getattr(layer, "ale", None)
-        if ale is not None and hasattr(ale, "cloneState"):
-            state["ale_state"] = ale.cloneState(include_rng=True)
-        states.append(state)
-    return states
-
-
-def restore_env_state(env: gym.Env, states: list[dict[str, Any]]) -> None:
-    """Put an env built the same way into the state :func:`capture_env_state` copied.
-
-    :raises PrefrlError: the env's wrapper chain differs from the captured one
-    """
-    from prefrl.util.errors import PrefrlError
-
-    layers = _env_layers(env)
-    wanted = [s["class"] for s in states]
-    have = [type(layer).__name__ for layer in layers]
-    if wanted != have:
-        raise PrefrlError(f"the environment's wrappers {have} differ from the checkpoint's {wanted}; "
-                          "resume with the prefrl version and settings that started the run")
-    for layer, state in zip(layers, states):
-        restore_attributes(layer, state["attributes"])
-        if "mujoco_data" in state:
-            import mujoco
-
-            # In place: wrappers (render-state recording) hold this very MjData.
-            mujoco.mj_copyData(layer.data, layer.model, state["mujoco_data"])
-        if "ale_state" in state:
-            layer.ale.restoreState(state["ale_state"])
-
-
-class StatefulEnv(gym.Wrapper):
-    """Outermost wrapper that lets a vectorised env (in this or a worker process) hand
-    out and take back the exact state of its env, through ``VecEnv.env_method``."""
-
-    def get_run_state(self) -> list[dict[str, Any]]:
-        return capture_env_state(self.env)
-
-    def set_run_state(self, states: list[dict[str, Any]]) -> None:
-        restore_env_state(self.env, states)
-
-
-def capture_vec_env(venv: Any) -> list[dict[str, Any]]:
-    """The state of a vectorised env and its wrappers, outermost first.
-
-    ``VecNormalize``: its running statistics; a wrapper with ``run_state()``: what that
-    returns; the base env: every env's :class:`StatefulEnv` state and the seeds still
-    pending for its next reset.
-    """
-    from stable_baselines3.common.vec_env import VecEnvWrapper, VecNormalize
-
-    states: list[dict[str, Any]] = []
-    layer = venv
-    while True:
-        state: dict[str, Any] = {"class": type(layer).__name__}
-        if isinstance(layer, VecNormalize):
-            # vars(): VecEnvWrapper's getattr would look for a missing one in the envs below.
-            state["normalize"] = {name: copy.deepcopy(value) for name, value in vars(layer).items()
-                                  if name in ("obs_rms", "ret_rms", "returns", "old_obs", "old_reward")}
-        elif callable(getattr(type(layer), "run_state", None)):
-            state["wrapper"] = layer.run_state()
-        if not isinstance(layer, VecEnvWrapper):
-            state["envs"] = layer.env_method("get_run_state")
-            state["seeds"] = list(getattr(layer, "_seeds", []))
-            state["options"] = copy.deepcopy(getattr(layer, "_options", []))
-            states.append(state)
-            return states
-        states.append(state)
-        layer = layer.venv
-
-
-def restore_vec_env(venv: Any, states: list[dict[str, Any]]) -> None:
-    """Put a vectorised env built the same way into a :func:`capture_vec_env` state.
-
-    :raises PrefrlError: the wrapper chain differs from the captured one
-    """
-    from stable_baselines3.common.vec_env import VecEnvWrapper
-
-    from prefrl.util.errors import PrefrlError
-
-    layer = venv
-    for index, state in enumerate(states):
-        if type(layer).__name__ != state["class"]:
-            raise PrefrlError(f"the vectorised env's wrapper {type(layer).__name__} differs from the checkpoint's "
-                              f"{state['class']}; resume with the settings that started the run")
-        if "normalize" in state:
-            for name, value in state["normalize"].items():
-                setattr(layer, name, copy.deepcopy(value))
-        if "wrapper" in state:
-            layer.load_run_state(state["wrapper"])
-        if "envs" in state:
-            for i, env_state in enumerate(state["envs"]):
-                layer.env_method("set_run_state", env_state, indices=[i])
-            layer._seeds = list(state["seeds"])
-            layer._options = copy.deepcopy(state["options"])
-        if index + 1 < len(states):
-            if not isinstance(layer, VecEnvWrapper):
-                raise PrefrlError("the vectorised env has fewer wrappers than the checkpoint's")
-            layer = layer.venv
 
 
 # --------------------------------------------------------------------------- settings

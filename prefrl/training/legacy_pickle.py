@@ -19,14 +19,15 @@ from typing import Any, BinaryIO
 
 #: prefrl's classes that checkpoints hold: (module, name) as a pickle of the single-module
 #: layout names them -> the module that defines them now. Moving one of these classes means
-#: changing its entry here (and its entry in :data:`ALLOWED`).
+#: changing its entry here (:data:`ALLOWED` and the current format's
+#: ``prefrl.training.state_format.RECORD_CLASSES`` follow from it).
 PREFRL_CLASSES = {
     ("prefrl.segments", "Segment"): "prefrl.data.segments",
     ("prefrl.segments", "SegmentBuffer"): "prefrl.data.segments",
     ("prefrl.segments", "_OpenTrajectory"): "prefrl.data.segments",
     ("prefrl.segments", "ClipPair"): "prefrl.data.segments",
-    ("prefrl.training", "StoredPair"): "prefrl.training.run",
-    ("prefrl.reward", "_Label"): "prefrl.reward.model",
+    ("prefrl.training", "StoredPair"): "prefrl.training.callbacks",
+    ("prefrl.reward", "_Label"): "prefrl.reward.dataset",
     ("prefrl.teachers", "_RunningStd"): "prefrl.feedback.teachers",
 }
 

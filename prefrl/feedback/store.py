@@ -1,239 +1,30 @@
-"""Preferences (answers about clip pairs), the label schedule and the label store."""
+"""The label store: clip pairs and their labels in one clips folder, shared between
+the trainer and any number of viewers in other processes (SQLite in WAL mode).
+
+(Above 500 lines: one class holding all of the store's SQL, so every transaction can be
+read in one place; its schema, clip files and exchange format are the modules beside it.)
+"""
 
 from __future__ import annotations
 
 import contextlib
-import enum
-import json
 import math
 import os
-import re
 import sqlite3
-import tempfile
 import time
-import zipfile
-import zlib
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
 
-import numpy as np
-
-from prefrl.config.presets import LabelSettings
 from prefrl.data.segments import ClipPair, Segment
-from prefrl.util.errors import PrefrlError
-
-
-class Choice(str, enum.Enum):
-    """An answer about a clip pair."""
-
-    LEFT = "left"
-    RIGHT = "right"
-    TIE = "tie"
-    CANT_TELL = "cant_tell"
-
-    @property
-    def target(self) -> float | None:
-        """Probability that the left clip is better; ``None`` = not trained on."""
-        return {"left": 1.0, "right": 0.0, "tie": 0.5, "cant_tell": None}[self.value]
-
-
-@dataclass(frozen=True)
-class Preference:
-    """A labeller's answer about one clip pair.
-
-    :param pair: the two clips
-    :param choice: left / right better, tie, or can't tell
-    :param labeller: who answered, e.g. ``synthetic`` or a person's name
-    :param step: global env step at which the answer reached the trainer
-    """
-
-    pair: ClipPair
-    choice: Choice
-    labeller: str = "synthetic"
-    step: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.choice, Choice):
-            raise ValueError(f"Preference.choice must be a Choice, got {self.choice!r}")
-
-
-# --------------------------------------------------------------------------- schedule
-
-
-class LabelSchedule:
-    """How many labels a run should have asked for by env step ``T``.
-
-    The paper lowers the label rate over training, roughly as ``1/T``: the rate is
-    ``dN/dT = k * c / (T + c)`` with rate constant ``c`` (2e6 MuJoCo, 5e6 Atari).
-    Integrating from 0 gives ``N(T) = N0 + k * c * ln(1 + T/c)``; ``k`` is fixed by
-    ``N(total_steps) = budget``, so
-
-        ``target(T) = initial + (budget - initial) * ln(1 + T/c) / ln(1 + total_steps/c)``
-
-    floored to an integer. ``target(0) = initial`` (the labels collected from the random
-    policy before RL starts), ``target(total_steps) = budget``, monotone in between and
-    clamped to ``[initial, budget]`` outside.
-
-    :param budget: labels for the whole run
-    :param initial_labels: labels wanted before RL starts
-    :param rate_constant: ``c``, in env steps
-    :param total_steps: env steps of the run
-    """
-
-    def __init__(self, budget: int, initial_labels: int, rate_constant: float, total_steps: int) -> None:
-        if budget <= 0 or not 0 <= initial_labels <= budget:
-            raise PrefrlError(
-                f"label schedule needs 0 <= initial_labels <= budget and budget > 0, "
-                f"got initial_labels = {initial_labels}, budget = {budget}"
-            )
-        if rate_constant <= 0 or total_steps <= 0:
-            raise PrefrlError(
-                f"label schedule needs a positive rate_constant and total_steps, "
-                f"got {rate_constant} and {total_steps}"
-            )
-        self.budget = int(budget)
-        self.initial_labels = int(initial_labels)
-        self.rate_constant = float(rate_constant)
-        self.total_steps = int(total_steps)
-        self._scale = math.log1p(self.total_steps / self.rate_constant)
-
-    @classmethod
-    def from_settings(cls, settings: LabelSettings, total_steps: int) -> LabelSchedule:
-        """The schedule of a preset: ``from_settings(preset.labels, preset.ppo.total_steps)``."""
-        return cls(settings.budget, settings.initial_labels, settings.rate_constant, total_steps)
-
-    def target(self, step: int) -> int:
-        """Cumulative labels wanted by env step ``step``."""
-        if step <= 0:
-            return self.initial_labels
-        if step >= self.total_steps:
-            return self.budget
-        fraction = math.log1p(step / self.rate_constant) / self._scale
-        wanted = self.initial_labels + (self.budget - self.initial_labels) * fraction
-        return min(self.budget, max(self.initial_labels, math.floor(wanted)))
-
-    def rate(self, step: int) -> float:
-        """Labels per env step wanted at ``step`` (the derivative of :meth:`target`)."""
-        return (self.budget - self.initial_labels) / self._scale / (max(step, 0) + self.rate_constant)
-
-    def due(self, step: int, asked_so_far: int) -> int:
-        """Labels to ask for now, given how many were asked already (never negative)."""
-        return max(0, self.target(step) - asked_so_far)
-
-
-# --------------------------------------------------------------------------- store
-
-#: Version of the label store's layout. Older stores are migrated on opening (after a
-#: backup copy ``labels.sqlite.v<old>.bak``); a store of a newer version is refused.
-#: 1: meta, clips, pairs, labels. 2: ``undone_labels`` keeps every undone answer.
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key   TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS clips (
-    clip_id     TEXT PRIMARY KEY,
-    path        TEXT NOT NULL,
-    length      INTEGER NOT NULL,
-    true_return REAL NOT NULL,
-    created     REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS pairs (
-    pair_id       TEXT PRIMARY KEY,
-    left_clip     TEXT NOT NULL REFERENCES clips(clip_id),
-    right_clip    TEXT NOT NULL REFERENCES clips(clip_id),
-    created       REAL NOT NULL,
-    status        TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'answered')),
-    lease_owner   TEXT,
-    lease_expires REAL
-);
-CREATE INDEX IF NOT EXISTS pairs_by_status ON pairs (status, created);
-CREATE TABLE IF NOT EXISTS labels (
-    label_id INTEGER PRIMARY KEY AUTOINCREMENT,
-    pair_id  TEXT NOT NULL UNIQUE REFERENCES pairs(pair_id),
-    choice   TEXT NOT NULL CHECK (choice IN ('left', 'right', 'tie', 'cant_tell')),
-    labeller TEXT NOT NULL,
-    created  REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS undone_labels (
-    label_id INTEGER PRIMARY KEY,
-    pair_id  TEXT NOT NULL,
-    choice   TEXT NOT NULL,
-    labeller TEXT NOT NULL,
-    created  REAL NOT NULL,
-    undone   REAL NOT NULL
-);
-"""
-
-
-def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
-    """Version 2 keeps undone answers (the trainer may have read them already)."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS undone_labels (label_id INTEGER PRIMARY KEY, pair_id TEXT NOT NULL, "
-        "choice TEXT NOT NULL, labeller TEXT NOT NULL, created REAL NOT NULL, undone REAL NOT NULL)"
-    )
-
-
-#: ``version -> function`` upgrading a store of that version to the next one.
-_MIGRATIONS = {1: _migrate_1_to_2}
-
-_SAFE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
-_CLIP_ARRAYS = ("observations", "actions", "true_rewards", "after_termination")
-_OPTIONAL_ARRAYS = ("render_states", "frames")
-_JSONL_KEYS = ("pair_id", "left_clip", "right_clip", "choice", "labeller", "time")
+from prefrl.feedback import schema
+from prefrl.feedback.choices import Choice, Preference, parse_choice
+from prefrl.feedback.clip_files import clip_file_name, read_clip, segments_by_id, write_clip
+from prefrl.feedback.exchange import ExchangedLabel, read_labels, write_labels
+from prefrl.util.errors import PrefrlError, write_error
 
 #: One new label: ``(label_id, pair_id, choice, labeller, time)``.
 LabelRow = tuple[int, str, Choice, str, float]
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename in ``path`` durable (not possible on every platform)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(target: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
-    """Write ``target`` through a temporary file, fsync and rename: a crash or a full disk
-    at any moment leaves the previous file (or none), never a torn one.
-
-    (:mod:`prefrl.training.checkpoint` has the same for run files; it imports torch, which the
-    label viewer process must not pay for.)
-
-    :param target: the file to (re)write
-    :param mode: ``"wb"`` or ``"w"`` (UTF-8)
-    :param write: writes the content into the open temporary file
-    """
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_dir(target.parent)
-
-
-def _write_error(target: Path, exc: OSError, state: str) -> PrefrlError:
-    """A one-line error for a failed write (disk full, permissions) that says what was kept."""
-    reason = exc.strerror or str(exc)
-    return PrefrlError(f"cannot write {target}: {reason}; {state}; free disk space or fix permissions and try again")
 
 
 class LabelStore:
@@ -243,11 +34,9 @@ class LabelStore:
 
     - ``labels.sqlite``: SQLite in WAL mode (readers never block the writer), tables
       ``meta`` (``schema_version``, ``task``), ``clips``, ``pairs`` and ``labels``;
-    - ``clips/<clip_id>.npz``: one compressed numpy archive per segment with the arrays
-      ``observations``, ``actions``, ``true_rewards``, ``after_termination``,
-      ``start_step`` and, if present, ``render_states`` and ``frames``. Files are
-      written atomically (temporary file, fsync, rename) and ``clips.path`` is relative
-      to ``clips_dir``, so the folder can be moved or backed up as a whole.
+    - ``clips/<clip_id>.npz``: one file per segment (:mod:`prefrl.feedback.clip_files`);
+      ``clips.path`` is relative to ``clips_dir``, so the folder can be moved or backed
+      up as a whole.
 
     The trainer adds pairs and reads new labels with a cursor (:meth:`labels_after`);
     viewers in other processes lease pairs (:meth:`lease_next`) and record answers. Every
@@ -297,10 +86,8 @@ class LabelStore:
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._migrate_if_older()
             with self._transaction() as conn:
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        conn.execute(statement)
-                self._check_meta(conn)
+                schema.create_tables(conn)
+                schema.check_meta(conn, self.db_path, self.task)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise PrefrlError(f"{self.db_path} is not a usable label store ({exc}); move it away or choose another clips folder") from None
@@ -325,13 +112,7 @@ class LabelStore:
         try:
             self._conn.execute("PRAGMA query_only = ON")
             self._conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            version = self._stored_version()
-            if version is None:
-                raise PrefrlError(f"{self.db_path} has no schema_version: it is not a prefrl label store; give another clips folder")
-            # Older layouts hold the same pairs and labels tables: readable without migrating.
-            if not version.isdigit() or not 1 <= int(version) <= SCHEMA_VERSION:
-                raise self._version_error(version)
-            self._check_task(dict(self._conn.execute("SELECT key, value FROM meta").fetchall()))
+            schema.check_readable(self._conn, self.db_path, self.task)
         except sqlite3.DatabaseError as exc:
             self.close()
             raise PrefrlError(f"{self.db_path} is not a usable label store ({exc}); give another clips folder") from None
@@ -369,62 +150,14 @@ class LabelStore:
                 ) from None
             raise
 
-    def _stored_version(self) -> str | None:
-        conn = self.connection
-        if conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'meta'").fetchone() is None:
-            return None
-        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        return None if row is None else str(row[0])
-
     def _migrate_if_older(self) -> None:
         """Upgrade a store written by an older prefrl, after a backup copy of it."""
-        version = self._stored_version()
-        if version is None or not version.isdigit() or int(version) >= SCHEMA_VERSION:
-            return  # new store, current one, or one _check_meta refuses with a message
-        backup_path = self.db_path.with_name(f"labels.sqlite.v{version}.bak")
-        if not backup_path.exists():
-            backup = sqlite3.connect(backup_path)
-            try:
-                self.connection.backup(backup)
-            finally:
-                backup.close()
-        with self._transaction() as conn:
-            current = int(version)
-            while current < SCHEMA_VERSION:
-                if current not in _MIGRATIONS:
-                    raise PrefrlError(
-                        f"label store {self.db_path} has schema_version {current}, which this prefrl "
-                        "cannot migrate; use the prefrl that wrote it to export its labels"
-                    )
-                _MIGRATIONS[current](conn)
-                current += 1
-            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
-
-    def _check_meta(self, conn: sqlite3.Connection) -> None:
-        meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
-        if not meta:
-            conn.executemany(
-                "INSERT INTO meta (key, value) VALUES (?, ?)",
-                [("schema_version", str(SCHEMA_VERSION)), ("task", self.task), ("created", repr(time.time()))],
-            )
+        version = schema.stored_version(self.connection)
+        if version is None or not schema.is_older(version):
             return
-        version = meta.get("schema_version")
-        if version != str(SCHEMA_VERSION):
-            raise self._version_error(version)
-        self._check_task(meta)
-
-    def _version_error(self, version: str | None) -> PrefrlError:
-        return PrefrlError(
-            f"label store {self.db_path} has schema_version {version}, this prefrl reads "
-            f"schema_version {SCHEMA_VERSION}; use a matching prefrl or a new clips folder"
-        )
-
-    def _check_task(self, meta: dict[str, str]) -> None:
-        if meta.get("task") != self.task:
-            raise PrefrlError(
-                f"label store {self.db_path} belongs to task '{meta.get('task')}', not '{self.task}'; "
-                "choose another clips folder"
-            )
+        schema.back_up(self.connection, self.db_path, version)
+        with self._transaction() as conn:
+            schema.migrate(conn, int(version), self.db_path)
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -436,30 +169,21 @@ class LabelStore:
         return self
 
     def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
 
     # ----------------------------------------------------------------- clips and pairs
 
     def _clip_path(self, clip_id: str) -> Path:
-        return self.clip_dir / f"{clip_id}.npz"
+        return self.clips_dir / clip_file_name(clip_id)
 
     def _write_clip(self, segment: Segment) -> None:
-        arrays = {name: np.asarray(getattr(segment, name)) for name in _CLIP_ARRAYS}
-        arrays["start_step"] = np.asarray(segment.start_step, dtype=np.int64)
-        for name in _OPTIONAL_ARRAYS:
-            value = getattr(segment, name)
-            if value is not None:
-                arrays[name] = np.asarray(value)
         target = self._clip_path(segment.segment_id)
         try:
-            _write_atomically(target, "wb", lambda handle: np.savez_compressed(handle, **arrays))
+            write_clip(target, segment)
         except OSError as exc:
-            raise _write_error(target, exc, "no pair of this batch was stored") from None
+            raise write_error(target, exc, "no pair of this batch was stored") from None
 
     def add_pairs(self, pairs: Sequence[ClipPair]) -> None:
         """Store clip pairs as pending queries.
@@ -473,18 +197,7 @@ class LabelStore:
         if not pairs:
             return
         conn = self.connection
-        segments: dict[str, Segment] = {}
-        for pair in pairs:
-            if not pair.pair_id or not _SAFE_ID.fullmatch(pair.pair_id):
-                raise PrefrlError(f"pair id {pair.pair_id!r} is empty or unsafe; use letters, digits, '_', '-', '.'")
-            for segment in (pair.left, pair.right):
-                if not segment.segment_id or not _SAFE_ID.fullmatch(segment.segment_id):
-                    raise PrefrlError(
-                        f"segment id {segment.segment_id!r} is empty or unsafe as a file name; "
-                        "use letters, digits, '_', '-', '.'"
-                    )
-                segments.setdefault(segment.segment_id, segment)
-
+        segments = segments_by_id(pairs)
         known = self._known_clips(conn, list(segments))
         for clip_id, segment in segments.items():
             row = known.get(clip_id)
@@ -506,7 +219,7 @@ class LabelStore:
             conn.executemany(
                 "INSERT OR IGNORE INTO clips (clip_id, path, length, true_return, created) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (clip_id, f"clips/{clip_id}.npz", len(segment), segment.true_return, now)
+                    (clip_id, clip_file_name(clip_id), len(segment), segment.true_return, now)
                     for clip_id, segment in segments.items()
                 ],
             )
@@ -556,6 +269,10 @@ class LabelStore:
                 highest = max(highest, int(digits))
         return highest + 1
 
+    def pair_ids(self) -> set[str]:
+        """The ids of every pair in the store."""
+        return {row[0] for row in self.connection.execute("SELECT pair_id FROM pairs")}
+
     def load_clip(self, clip_id: str) -> Segment:
         """Read one clip back as a :class:`Segment`.
 
@@ -564,36 +281,7 @@ class LabelStore:
         row = self.connection.execute("SELECT path, length FROM clips WHERE clip_id = ?", (clip_id,)).fetchone()
         if row is None:
             raise PrefrlError(f"clip '{clip_id}' is not in the label store {self.db_path}")
-        path = self.clips_dir / row[0]
-        length = int(row[1])
-        try:
-            # Our own handle: np.load leaks the one it opens when the archive is corrupt.
-            with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as data:
-                arrays = {name: data[name] for name in data.files}
-        except FileNotFoundError:
-            raise PrefrlError(f"clip file {path} is missing; restore it from a backup or drop this clips folder") from None
-        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
-            raise PrefrlError(f"clip file {path} is unreadable ({type(exc).__name__}: {exc}); it may be truncated") from None
-        missing = [name for name in _CLIP_ARRAYS if name not in arrays]
-        if missing:
-            raise PrefrlError(f"clip file {path} lacks the arrays {', '.join(missing)}")
-        if len(arrays["observations"]) != length:
-            raise PrefrlError(
-                f"clip file {path} has {len(arrays['observations'])} steps, the store says {length}"
-            )
-        try:
-            return Segment(
-                observations=arrays["observations"],
-                actions=arrays["actions"],
-                true_rewards=arrays["true_rewards"],
-                after_termination=arrays["after_termination"].astype(bool),
-                segment_id=clip_id,
-                start_step=int(arrays["start_step"]) if "start_step" in arrays else 0,
-                render_states=arrays.get("render_states"),
-                frames=arrays.get("frames"),
-            )
-        except (ValueError, TypeError) as exc:
-            raise PrefrlError(f"clip file {path} has malformed arrays: {exc}") from None
+        return read_clip(self.clips_dir / row[0], clip_id, int(row[1]))
 
     def load_pair(self, pair_id: str) -> ClipPair:
         """Read one stored pair with both clips.
@@ -622,7 +310,7 @@ class LabelStore:
         :return: False if the pair was already labelled (the first label stays)
         :raises PrefrlError: unknown pair or invalid choice
         """
-        choice = _as_choice(choice)
+        choice = parse_choice(choice)
         with self._transaction() as conn:
             if conn.execute("SELECT 1 FROM pairs WHERE pair_id = ?", (pair_id,)).fetchone() is None:
                 raise PrefrlError(f"pair '{pair_id}' is not in the label store {self.db_path}")
@@ -779,16 +467,8 @@ class LabelStore:
     # ----------------------------------------------------------------- exchange
 
     def export_jsonl(self, path: str | os.PathLike[str]) -> int:
-        """Write all labels as JSON lines (written atomically), oldest first.
-
-        Format, one object per line::
-
-            {"pair_id": "q000012", "left_clip": "s0000031", "right_clip": "s0000007",
-             "choice": "left", "labeller": "alice", "time": 1700000000.0}
-
-        ``choice`` is one of ``left``, ``right``, ``tie``, ``cant_tell``; ``time`` is unix
-        seconds. Clips are referred to by id; copy the ``clips/`` folder along for
-        another machine.
+        """Write all labels, oldest first, as JSON lines (the format of
+        :mod:`prefrl.feedback.exchange`), atomically.
 
         :return: number of labels written
         """
@@ -796,17 +476,7 @@ class LabelStore:
             "SELECT l.pair_id, p.left_clip, p.right_clip, l.choice, l.labeller, l.created "
             "FROM labels l JOIN pairs p ON p.pair_id = l.pair_id ORDER BY l.label_id"
         ).fetchall()
-        target = Path(path)
-
-        def write(handle: IO[Any]) -> None:
-            for row in rows:
-                handle.write(json.dumps(dict(zip(_JSONL_KEYS, row))) + "\n")
-
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            _write_atomically(target, "w", write)
-        except OSError as exc:
-            raise _write_error(target, exc, f"{target} is as it was") from None
+        write_labels(path, [ExchangedLabel(p, left, right, Choice(c), who, t) for p, left, right, c, who, t in rows])
         return len(rows)
 
     def import_jsonl(self, path: str | os.PathLike[str]) -> dict[str, int]:
@@ -818,57 +488,24 @@ class LabelStore:
         :return: ``{"imported", "unknown_pair", "already_labelled"}`` counts
         :raises PrefrlError: the file is missing or a line is malformed (nothing imported)
         """
-        source = Path(path)
-        try:
-            lines = source.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise PrefrlError(
-                f"cannot read labels file {source}: {exc.strerror}; give a file written by `prefrl labels export`"
-            ) from None
-        except UnicodeDecodeError:
-            raise PrefrlError(f"labels file {source} is not UTF-8 text; give a file written by `prefrl labels export`") from None
-        records = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                missing = [key for key in _JSONL_KEYS if key not in record]
-                if missing:
-                    raise ValueError(f"missing keys {', '.join(missing)}")
-                records.append((
-                    str(record["pair_id"]), str(record["left_clip"]), str(record["right_clip"]),
-                    Choice(record["choice"]), str(record["labeller"]), float(record["time"]),
-                ))
-            except (ValueError, TypeError, AttributeError) as exc:
-                raise PrefrlError(f"{source}:{number} is not a valid label line ({exc})") from None
-
+        labels = read_labels(path)
         counts = {"imported": 0, "unknown_pair": 0, "already_labelled": 0}
         with self._transaction() as conn:
-            for pair_id, left, right, choice, labeller, created in records:
-                row = conn.execute("SELECT left_clip, right_clip FROM pairs WHERE pair_id = ?", (pair_id,)).fetchone()
-                if row is None or tuple(row) != (left, right):
+            for label in labels:
+                row = conn.execute("SELECT left_clip, right_clip FROM pairs WHERE pair_id = ?", (label.pair_id,)).fetchone()
+                if row is None or tuple(row) != (label.left_clip, label.right_clip):
                     counts["unknown_pair"] += 1
                     continue
                 inserted = conn.execute(
                     "INSERT OR IGNORE INTO labels (pair_id, choice, labeller, created) VALUES (?, ?, ?, ?)",
-                    (pair_id, choice.value, labeller, created),
+                    (label.pair_id, label.choice.value, label.labeller, label.time),
                 ).rowcount
                 if not inserted:
                     counts["already_labelled"] += 1
                     continue
                 conn.execute(
                     "UPDATE pairs SET status = 'answered', lease_owner = NULL, lease_expires = NULL WHERE pair_id = ?",
-                    (pair_id,),
+                    (label.pair_id,),
                 )
                 counts["imported"] += 1
         return counts
-
-
-def _as_choice(choice: Choice | str) -> Choice:
-    try:
-        return Choice(choice)
-    except ValueError:
-        raise PrefrlError(
-            f"invalid choice {choice!r}; use one of {', '.join(c.value for c in Choice)}"
-        ) from None
