@@ -165,8 +165,8 @@ def main() -> int:
         print(f"missing: {', '.join(missing_tools())}; apt-get install -y xvfb xdotool x11-apps", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
-    from prefrl.cli.labels import collect_clip_pairs
     from prefrl.config.loading import load_preset
+    from prefrl.training.sample_clips import collect_clip_pairs
 
     with tempfile.TemporaryDirectory() as tmp, xvfb() as display:
         for task in args.tasks:

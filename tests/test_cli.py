@@ -83,7 +83,7 @@ def test_train_and_compare_from_the_command_line(tmp_path):
 
 
 def test_run_folders_named_alike_get_their_own_clips_folders(tmp_path, monkeypatch):
-    from prefrl.cli.main import default_clips_dir
+    from prefrl.cli.run import default_clips_dir
 
     monkeypatch.chdir(tmp_path)
     # Sweeps name run folders alike (.../uniform/seed3, .../disagreement/seed3): two runs

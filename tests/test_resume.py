@@ -286,7 +286,7 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
 @pytest.mark.parametrize("text, expected", [("50000", (50000, 0.0)), ("10m", (0, 600.0)), ("90s", (0, 90.0)),
                                             ("1.5h", (0, 5400.0)), ("0", (0, 0.0))])
 def test_checkpoint_interval_option(text, expected):
-    from prefrl.cli.main import checkpoint_interval
+    from prefrl.cli.run import checkpoint_interval
 
     assert checkpoint_interval(text) == expected
 

@@ -440,7 +440,7 @@ def test_find_clips_from_a_run_dir_and_from_a_clips_folder(tmp_path: Path) -> No
 def _parser():  # type: ignore[no-untyped-def]
     import argparse
 
-    from prefrl.cli.labels import add_label_commands
+    from prefrl.cli.labels import add_commands as add_label_commands
 
     class OneLineParser(argparse.ArgumentParser):
         def error(self, message: str) -> None:  # type: ignore[override]
@@ -456,11 +456,11 @@ def test_label_commands_parse_and_point_to_their_handlers(capsys: pytest.Capture
 
     parser = _parser()
     args = parser.parse_args(["label", "runs/x", "--name", "ann"])
-    assert args.label_handler is cli_labels.cmd_label and args.name == "ann" and args.path == Path("runs/x")
+    assert args.handler is cli_labels.cmd_label and args.name == "ann" and args.path == Path("runs/x")
     args = parser.parse_args(["clips", "pong", "--pairs", "5", "--policy", "p.zip", "--seed", "3"])
-    assert args.label_handler is cli_labels.cmd_clips and (args.pairs, args.seed) == (5, 3)
-    assert parser.parse_args(["labels", "export", "r", "--out", "l.jsonl"]).label_handler is cli_labels.cmd_labels_export
-    assert parser.parse_args(["labels", "import", "r", "l.jsonl"]).label_handler is cli_labels.cmd_labels_import
+    assert args.handler is cli_labels.cmd_clips and (args.pairs, args.seed) == (5, 3)
+    assert parser.parse_args(["labels", "export", "r", "--out", "l.jsonl"]).handler is cli_labels.cmd_labels_export
+    assert parser.parse_args(["labels", "import", "r", "l.jsonl"]).handler is cli_labels.cmd_labels_import
     for bad in (["clips", "pong"], ["clips", "pong", "--pairs", "0"], ["labels"], ["label"]):
         with pytest.raises(SystemExit) as exit_info:
             parser.parse_args(bad)
@@ -479,17 +479,17 @@ def test_labels_export_and_import_move_labels_between_runs(tmp_path: Path, capsy
     parser = _parser()
     out = tmp_path / "labels.jsonl"
     args = parser.parse_args(["labels", "export", str(source), "--out", str(out)])
-    assert args.label_handler(args) == 0
+    assert args.handler(args) == 0
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [(r["pair_id"], r["choice"], r["labeller"]) for r in lines] == [("q000000", "left", "ann"), ("q000002", "tie", "bob")]
     assert set(lines[0]) == {"pair_id", "left_clip", "right_clip", "choice", "labeller", "time"}
     args = parser.parse_args(["labels", "import", str(target), str(out)])
-    assert args.label_handler(args) == 0
+    assert args.handler(args) == 0
     assert "imported 2 labels" in capsys.readouterr().out
     assert stored(target) == {"q000000": "left", "q000002": "tie"}
     with pytest.raises(PrefrlError, match="no label store"):
         args = parser.parse_args(["labels", "export", str(tmp_path), "--out", str(out)])
-        args.label_handler(args)
+        args.handler(args)
 
 
 def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> None:
@@ -503,7 +503,7 @@ def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> No
     parser = _parser()
     out = tmp_path / "random"
     args = parser.parse_args(["clips", "cartpole", "--pairs", "3", "--out", str(out), "--seed", "1"])
-    assert args.label_handler(args) == 0
+    assert args.handler(args) == 0
     with LabelStore(out, "cartpole") as store:
         assert store.counts()["pairs"] == 3
         pairs = [store.load_pair(f"c{k:06d}") for k in range(3)]
@@ -513,7 +513,7 @@ def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> No
     location = find_clips(out)
     assert location.task == "cartpole" and location.info.domain == "classic"
     with pytest.raises(PrefrlError, match="already holds a label store"):
-        args.label_handler(args)
+        args.handler(args)
 
     preset = load_preset("cartpole")
     model = PPO("MlpPolicy", DummyVecEnv([lambda: make_env(preset)]), n_steps=64, batch_size=64, device="cpu")
@@ -521,18 +521,18 @@ def test_clips_samples_pairs_from_a_random_or_saved_policy(tmp_path: Path) -> No
     model.save(tmp_path / "run" / "policy.zip")
     args = parser.parse_args(["clips", "cartpole", "--pairs", "2", "--out", str(tmp_path / "policy"),
                               "--policy", str(tmp_path / "run" / "policy.zip")])
-    assert args.label_handler(args) == 0
+    assert args.handler(args) == 0
     assert json.loads((tmp_path / "policy" / "clips.json").read_text())["policy"].endswith("policy.zip")
     with pytest.raises(PrefrlError, match="not found"):
         args = parser.parse_args(["clips", "cartpole", "--pairs", "2", "--out", str(tmp_path / "x"),
                                   "--policy", str(tmp_path / "missing.zip")])
-        args.label_handler(args)
+        args.handler(args)
 
 
 def test_atari_clips_show_the_masked_frames(tmp_path: Path) -> None:
     pytest.importorskip("prefrl.envs.factory")
-    from prefrl.cli.labels import collect_clip_pairs
     from prefrl.config.loading import load_preset
+    from prefrl.training.sample_clips import collect_clip_pairs
 
     preset = load_preset("pong")
     summary = collect_clip_pairs(preset, 1, tmp_path, seed=0, log=lambda line: None)
