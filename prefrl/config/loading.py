@@ -24,8 +24,15 @@ from prefrl.util.errors import PrefrlError
 
 def _preset_dir() -> Path:
     """The suite's preset files: the repository's top-level ``envs/``, installed with the
-    package as ``prefrl._presets`` (a setuptools package-dir mapping in pyproject.toml)."""
-    source_tree = Path(__file__).resolve().parents[2] / "envs"
+    package as ``prefrl._presets`` (a setuptools package-dir mapping in pyproject.toml).
+
+    Code imported from a checkout reads that checkout's ``envs/``, even when another
+    checkout is the one installed (an editable install maps ``prefrl._presets`` to its own
+    folder, which may hold other presets than the code being run).
+    """
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "envs").is_dir():
+        return checkout / "envs"
     try:
         spec = importlib.util.find_spec("prefrl._presets")
     except ImportError:
@@ -34,7 +41,7 @@ def _preset_dir() -> Path:
         for location in spec.submodule_search_locations:
             if Path(location).is_dir():
                 return Path(location)
-    return source_tree  # running from a checkout without installing
+    return checkout / "envs"
 
 
 #: Folder of the suite's preset files.
