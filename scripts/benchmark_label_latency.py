@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def run_task(task: str, pairs: int, think: float, seed: int, workdir: Path) -> dict[str, float | int | str]:
     from prefrl.config.loading import load_preset
-    from prefrl.human.clips import find_clips
     from prefrl.human.viewer import LabelViewer, import_pygame
+    from prefrl.rundir.clips import find_clips
     from prefrl.training.sample_clips import collect_clip_pairs
 
     pg = import_pygame()

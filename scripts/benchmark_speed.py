@@ -55,8 +55,8 @@ from prefrl.envs.factory import make_env
 from prefrl.feedback.choices import Choice, Preference
 from prefrl.reward.model import RewardModel
 from prefrl.reward.trainer import evaluation_sizes, refit_minibatches
+from prefrl.rundir import RunPaths
 from prefrl.training.run import train
-from prefrl.training.run_dir import RunPaths
 from prefrl.util.threads import NICE_VARIABLE, background_nice
 
 #: Window settings per task: steps and repeats of each arm, and overrides of the learned

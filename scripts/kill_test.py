@@ -98,8 +98,8 @@ def labeller_main(argv: Sequence[str]) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     sys.path.insert(0, str(ROOT))
-    from prefrl.human.clips import find_clips
     from prefrl.human.viewer import LabelViewer, import_pygame
+    from prefrl.rundir.clips import find_clips
 
     pg = import_pygame()
     keys = [pg.K_LEFT, pg.K_RIGHT, pg.K_UP, pg.K_DOWN]  # left, right, tie, can't tell
@@ -187,17 +187,22 @@ def copy_snapshot(db_path: Path, scratch: Path) -> tuple[str, dict[str, str]]:
     return store_snapshot(scratch / db_path.name)
 
 
+def run_files(run_dir: Path) -> Any:
+    """The :class:`prefrl.rundir.RunDir` of ``run_dir`` (prefrl imported only when needed)."""
+    sys.path.insert(0, str(ROOT))
+    from prefrl.rundir import RunDir
+
+    return RunDir(run_dir)
+
+
 def checkpoint_step(run_dir: Path) -> int | None:
     """Step of the run's checkpoint on disk, or None."""
-    sys.path.insert(0, str(ROOT))
-    from prefrl.training.checkpoint import read_checkpoint
-
-    state = read_checkpoint(run_dir)
+    state = run_files(run_dir).read_checkpoint()
     return None if state is None else int(state["step"])
 
 
 def torn_checkpoints(run_dir: Path) -> int:
-    folder = run_dir / "checkpoint"
+    folder = run_files(run_dir).checkpoint_path.parent
     return len([p for p in folder.glob(".*.tmp")]) if folder.is_dir() else 0
 
 
@@ -230,7 +235,8 @@ class TrainerSession:
             self.said_resume = False
 
     def log_dir(self, run_dir: Path) -> Path:
-        return run_dir / "logs" if not self.said_resume else run_dir / "logs" / f"resumed_at_{self.resumed_at}"
+        run = run_files(run_dir)
+        return run.logs_dir if not self.said_resume else run.resumed_logs_dir(self.resumed_at)
 
 
 def progress_step(csv_path: Path, since: float) -> int:
@@ -422,7 +428,7 @@ class KillTest:
         t.poll_resume(learning_started=False)
         if t.said_resume is None and t.expected_resume is not None:
             return -1  # not restored yet
-        step = progress_step(t.log_dir(self.run_dir) / "progress.csv", t.started)
+        step = progress_step(t.log_dir(self.run_dir) / run_files(self.run_dir).progress_path.name, t.started)
         if step > t.last_step:
             t.last_step = step
         return step
@@ -440,7 +446,7 @@ class KillTest:
         else:
             problem = ""
             start = t.resumed_at if t.said_resume else 0
-            finished = not killed and t.proc.returncode == 0 and (self.run_dir / "summary.json").is_file()
+            finished = not killed and t.proc.returncode == 0 and run_files(self.run_dir).is_finished
             if not killed and not finished:
                 problem = f"exited with status {t.proc.returncode} without finishing the run"
             elif not finished and t.last_step <= start:
@@ -621,12 +627,12 @@ class KillTest:
             if proc is not None:
                 stop_process(proc)
         self.check_store("at the end", nothing_writes=True)
-        summary_path = self.run_dir / "summary.json"
+        summary_path = run_files(self.run_dir).summary_path
         if summary_path.is_file():
             self.result.summary = json.loads(summary_path.read_text())
             self.result.finished = True
         else:
-            self.result.errors.append("no summary.json at the end")
+            self.result.errors.append(f"no {summary_path.name} at the end")
 
 
 def run_kill_test(settings: Settings, out: Path | None = None, log=print) -> Result:

@@ -32,12 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from prefrl.analysis.video import load_run_preset
 from prefrl.config.loading import apply_overrides
 from prefrl.envs.factory import make_env
 from prefrl.feedback.choices import Choice, Preference
 from prefrl.feedback.store import LabelStore
 from prefrl.reward.model import RewardModel
+from prefrl.rundir import RunDir
 from prefrl.util.errors import PrefrlError
 
 COLUMNS = ("fit", "labels", "non_tie", "train_loss", "val_loss", "val_accuracy", "l2", "seconds")
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         bad = [item for item in args.overrides if not item.strip().startswith("reward.")]
         if bad:
             raise PrefrlError(f"--set {bad[0]!r}: only reward.* settings change a refit; drop it")
-        _, preset = load_run_preset(args.run_dir)
+        _, preset = RunDir(args.run_dir).load_preset()
         preset = apply_overrides(preset, args.overrides)
         clips_dir = args.run_dir / "clips"
         if not (clips_dir / "labels.sqlite").is_file():

@@ -33,9 +33,10 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from prefrl.analysis.video import load_agent, load_run_preset
 from prefrl.envs.factory import make_env
 from prefrl.reward.model import RewardModel
+from prefrl.rundir import RunDir
+from prefrl.rundir.files import POLICY_FILE, REWARD_MODEL_FILE
 from prefrl.util.errors import PrefrlError
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -88,25 +89,25 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.episodes < 1:
             raise PrefrlError(f"--episodes {args.episodes} is invalid: give at least 1")
-        presets = {run: load_run_preset(run)[1] for run in args.runs}
+        presets = {run: RunDir(run).load_preset()[1] for run in args.runs}
         for run in args.runs:  # all checked before the first, slow, rollout
-            if not (run / "policy.zip").is_file():
-                raise PrefrlError(f"'{run}' has no policy.zip; give finished runs (`prefrl train` writes it at the end)")
+            if not RunDir(run).policy_path.is_file():
+                raise PrefrlError(f"'{run}' has no {POLICY_FILE}; give finished runs (`prefrl train` writes it at the end)")
         env_ids = {preset.task.env_id for preset in presets.values()}
         if len(env_ids) > 1:
             raise PrefrlError(f"the runs are of several tasks ({', '.join(sorted(env_ids))}); give runs of one task")
         env_id = env_ids.pop()
-        judge_dirs = args.judges or [run for run in args.runs if (run / "reward_model.pt").is_file()]
+        judge_dirs = args.judges or [run for run in args.runs if RunDir(run).reward_model_path.is_file()]
         if not judge_dirs:
-            raise PrefrlError("none of the runs has a reward_model.pt; give a learned-arm run with --judges")
+            raise PrefrlError(f"none of the runs has a {REWARD_MODEL_FILE}; give a learned-arm run with --judges")
         judges = {}
         for run in judge_dirs:
-            if not (run / "reward_model.pt").is_file():
-                raise PrefrlError(f"'{run}' has no reward_model.pt; give learned-arm runs with --judges")
-            judge_env = load_run_preset(run)[1].task.env_id
+            if not RunDir(run).reward_model_path.is_file():
+                raise PrefrlError(f"'{run}' has no {REWARD_MODEL_FILE}; give learned-arm runs with --judges")
+            judge_env = RunDir(run).load_preset()[1].task.env_id
             if judge_env != env_id:
                 raise PrefrlError(f"judge '{run}' is a {judge_env} run, the runs are {env_id}; give a judge of the same task")
-            judges[run] = RewardModel.from_checkpoint(run / "reward_model.pt")
+            judges[run] = RunDir(run).load_reward_model()
             if len(judges[run].observation_shape) != 1:
                 raise PrefrlError(f"'{run}': image observations; this probe takes vector-observation tasks")
     except PrefrlError as exc:
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         envs = {evaluation: make_env(preset, evaluation=evaluation) for evaluation in (True, False)}
         try:
             # Loaded once: the two envs differ in their rules, not in their spaces.
-            policy = load_agent(run, envs[True], preset.eval.deterministic)
+            policy = RunDir(run).load_agent(envs[True]).policy(preset.eval.deterministic)
             rollouts = {evaluation: rollout(env, policy, args.episodes, args.seed) for evaluation, env in envs.items()}
         finally:
             for env in envs.values():

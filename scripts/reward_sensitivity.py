@@ -26,10 +26,11 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 
-from prefrl.analysis.video import load_run_preset
 from prefrl.config.settings import Preset
 from prefrl.envs.factory import make_env
 from prefrl.reward.model import RewardModel
+from prefrl.rundir import RunDir
+from prefrl.rundir.files import REWARD_MODEL_FILE
 from prefrl.util.errors import PrefrlError
 
 
@@ -69,11 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     try:
-        _, preset = load_run_preset(args.run_dir)
+        run = RunDir(args.run_dir)
+        _, preset = run.load_preset()
         env_id = preset.task.env_id
-        checkpoint = args.run_dir / "reward_model.pt"
+        checkpoint = run.reward_model_path
         if not checkpoint.is_file():
-            raise PrefrlError(f"{args.run_dir}: no reward_model.pt there; give a learned-arm run folder")
+            raise PrefrlError(f"{args.run_dir}: no {REWARD_MODEL_FILE} there; give a learned-arm run folder")
         model = RewardModel.from_checkpoint(checkpoint)
         if len(model.observation_shape) != 1:
             raise PrefrlError(f"{args.run_dir}: image observations; this probe takes vector-observation tasks")

@@ -42,7 +42,7 @@ from prefrl.data.segments import ClipPair
 from prefrl.feedback.choices import Choice
 from prefrl.feedback.store import LabelStore
 from prefrl.reward.model import RewardModel
-from prefrl.training import checkpoint
+from prefrl.rundir import checkpoint_files as checkpoint
 from prefrl.training.ppo import policy_kwargs
 from prefrl.util import atomic
 from prefrl.util.errors import PrefrlError
@@ -731,7 +731,7 @@ def test_non_finite_env_reward_stops_the_run_and_keeps_the_checkpoint(
 ) -> None:
     import gymnasium as gym
 
-    from prefrl.training.checkpoint import CHECKPOINT_FILE
+    from prefrl.rundir.files import CHECKPOINT_FILE
 
     if env_id not in gym.registry:
         gym.register(env_id, entry_point=lambda **kw: _PendulumTurningNaN(after=600, value=value, **kw),

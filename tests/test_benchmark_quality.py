@@ -34,7 +34,8 @@ from prefrl.experiments.quality_plan import (
 )
 from prefrl.experiments.quality_run import current_step, execute, run_status
 from prefrl.feedback.schedule import LabelSchedule
-from prefrl.training.checkpoint import checkpoint_path, progress_files, write_checkpoint
+from prefrl.rundir.checkpoint_files import checkpoint_path, write_checkpoint
+from prefrl.rundir.progress import progress_files
 from prefrl.util.errors import PrefrlError
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "benchmark_quality.py"
@@ -138,8 +139,9 @@ def test_resume_reuses_finished_and_removes_unfinished(tmp_path):
 def test_resume_keeps_a_checkpoint_of_the_same_settings_only(tmp_path):
     """The rule of train() itself (prefrl.training.run.would_resume): a killed run's folder
     is kept when train would continue it, removed when its settings differ."""
-    from prefrl.training.checkpoint import CHECKPOINT_FILE
-    from prefrl.training.run_dir import RunPaths, run_config
+    from prefrl.rundir import RunPaths
+    from prefrl.rundir.files import CHECKPOINT_FILE
+    from prefrl.rundir.resume import run_config
 
     plan = build_plan(["pendulum"], [0], [20], tmp_path)
 

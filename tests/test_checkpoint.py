@@ -14,17 +14,16 @@ import pytest
 import torch
 from clip_fixtures import make_pairs
 
-from prefrl.training.checkpoint import (
+from prefrl.rundir.checkpoint_files import (
     CHECKPOINT_FORMAT,
-    LEGACY_CHECKPOINT_FILE,
     OldCheckpointWarning,
     atomic_torch_save,
     checkpoint_path,
-    global_rng_states,
     read_checkpoint,
-    restore_global_rng_states,
     write_checkpoint,
 )
+from prefrl.rundir.files import LEGACY_CHECKPOINT_FILE
+from prefrl.training.rng_state import global_rng_states, restore_global_rng_states
 from prefrl.util.atomic import atomic_file, atomic_save_with, atomic_write_json
 from prefrl.util.errors import PrefrlError
 

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from prefrl.config.loading import load_preset
+from prefrl.rundir import RunPaths
 from prefrl.training.run import train
-from prefrl.training.run_dir import RunPaths
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run_fixtures import eval_rows, tensors  # noqa: E402

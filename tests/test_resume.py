@@ -25,9 +25,9 @@ from run_fixtures import eval_rows, tensors
 from stable_baselines3 import PPO
 
 import prefrl.envs.vec_env as vec_env
-import prefrl.training.checkpoint as checkpoint
+import prefrl.rundir.checkpoint_files as checkpoint
+import prefrl.rundir.resume as run_dirs
 import prefrl.training.pretraining as pretraining
-import prefrl.training.run_dir as run_dirs
 from prefrl.cli.main import main
 from prefrl.config.loading import load_preset
 from prefrl.envs.factory import make_env
@@ -36,11 +36,12 @@ from prefrl.feedback.choices import Choice
 from prefrl.feedback.store import LabelStore
 from prefrl.feedback.teachers import HumanTeacher
 from prefrl.reward.model import RewardModel
+from prefrl.rundir import RunDir, RunPaths
+from prefrl.rundir.checkpoint_files import checkpoint_path, read_checkpoint
+from prefrl.rundir.schema import RUN_DIR_SCHEMA
 from prefrl.training.callbacks import StoredPair
-from prefrl.training.checkpoint import RUN_DIR_SCHEMA, checkpoint_path, read_checkpoint
 from prefrl.training.checkpointing import NonFiniteError, RunCheckpointer, RunInterrupted
 from prefrl.training.run import train
-from prefrl.training.run_dir import RunPaths
 from prefrl.util.errors import PrefrlError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -275,11 +276,11 @@ def test_a_run_directory_in_use_is_refused(tmp_path):
     """A second trainer (here: a second open of the lock, as flock locks are per open
     file) is refused while the first holds the directory."""
     run_dir = tmp_path / "run"
-    with checkpoint.run_dir_lock(run_dir):
+    with RunDir(run_dir).lock():
         with pytest.raises(PrefrlError, match=f"run directory '{run_dir}' is in use by another prefrl train "
                                               f"\\(pid {os.getpid()}\\); wait for it to finish or stop it first"):
             _train("pendulum", run_dir, arm="true")
-    with checkpoint.run_dir_lock(run_dir):  # free again
+    with RunDir(run_dir).lock():  # free again
         pass
 
 

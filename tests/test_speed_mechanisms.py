@@ -278,8 +278,8 @@ def _labels_and_weights(run_dir):
 
 def test_train_background_fit_equals_inline_and_every_mode_runs(tmp_path):
     from prefrl.config.loading import load_preset
+    from prefrl.rundir import RunPaths
     from prefrl.training.run import train
-    from prefrl.training.run_dir import RunPaths
 
     preset = load_preset("pendulum", TINY)
     summaries, results = {}, {}

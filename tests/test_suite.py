@@ -20,7 +20,7 @@ from prefrl.experiments.progress import RunProgress, progress_table
 from prefrl.experiments.ray_runner import execute_run
 from prefrl.experiments.suite import run_suite
 from prefrl.experiments.sweep import load_sweep, state_files
-from prefrl.training.checkpoint import tail_row
+from prefrl.rundir.progress import tail_row
 from prefrl.util.errors import PrefrlError
 
 TINY = [
@@ -243,14 +243,15 @@ def test_a_finished_run_made_with_other_settings_is_rerun(tmp_path, capsys):
 
 def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path):
     from prefrl.config.loading import apply_overrides
-    from prefrl.training.checkpoint import CHECKPOINT_FILE
+    from prefrl.rundir.files import CHECKPOINT_FILE
 
     sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
     spec = next(r for r in sweep.runs if r.name == VICTIM)
     run_dir = sweep.out / spec.name
 
     def killed_attempt(preset) -> None:
-        from prefrl.training.run_dir import RunPaths, run_config
+        from prefrl.rundir import RunPaths
+        from prefrl.rundir.resume import run_config
 
         (run_dir / CHECKPOINT_FILE).parent.mkdir(parents=True, exist_ok=True)
         (run_dir / CHECKPOINT_FILE).write_bytes(b"checkpoint")
@@ -269,3 +270,28 @@ def test_a_killed_run_with_a_checkpoint_of_the_same_settings_is_resumed(tmp_path
     run_dir.mkdir(parents=True)
     (run_dir / "config.json").write_text("{}")
     assert prepare_run_dir(spec) is False and not run_dir.exists()
+
+
+def test_a_killed_run_with_an_old_format_checkpoint_is_kept_for_its_owner(tmp_path):
+    """A checkpoint of the old pickle format (run-dir layout 1) is a checkpoint too: the
+    sweep keeps the folder, and train asks for --trust-old-checkpoint instead of the run
+    being deleted and redone from scratch."""
+    from prefrl.rundir import RunPaths
+    from prefrl.rundir.files import CONFIG_FILE, LEGACY_CHECKPOINT_FILE
+    from prefrl.rundir.resume import run_config
+    from prefrl.training.run import train
+
+    sweep = load_sweep(tiny_sweep(tmp_path), tmp_path / "out")
+    spec = next(r for r in sweep.runs if r.name == VICTIM)
+    run_dir = sweep.out / spec.name
+    paths = RunPaths(run_dir, run_dir / "clips")
+    (run_dir / LEGACY_CHECKPOINT_FILE).parent.mkdir(parents=True)
+    (run_dir / LEGACY_CHECKPOINT_FILE).write_bytes(b"an old pickle")
+    config = run_config(spec.preset, spec.arm, spec.seed, paths, "synthetic", None, "rollout",
+                        spec.preset.reward.fit_mode)
+    (run_dir / CONFIG_FILE).write_text(json.dumps({**config, "run_dir_schema": 1}))
+    assert prepare_run_dir(spec) is True
+    assert (run_dir / LEGACY_CHECKPOINT_FILE).read_bytes() == b"an old pickle"
+    with pytest.raises(PrefrlError, match="resume with --trust-old-checkpoint"):
+        train(spec.preset, arm=spec.arm, seed=spec.seed, paths=paths, progress=False)
+    assert (run_dir / LEGACY_CHECKPOINT_FILE).read_bytes() == b"an old pickle"

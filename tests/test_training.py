@@ -10,8 +10,8 @@ import torch
 
 from prefrl.analysis.report import compare
 from prefrl.config.loading import load_preset
+from prefrl.rundir import RunPaths
 from prefrl.training.run import train
-from prefrl.training.run_dir import RunPaths
 
 TINY = (
     "ppo.total_steps=1024",

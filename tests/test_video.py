@@ -13,8 +13,8 @@ import pytest
 from prefrl.analysis.video import HEADER_HEIGHT, STRIP_HEIGHT, compose_frame, record_video
 from prefrl.cli.main import main
 from prefrl.config.loading import load_preset
+from prefrl.rundir import RunPaths
 from prefrl.training.run import train
-from prefrl.training.run_dir import RunPaths
 
 TINY_MUJOCO = [
     "ppo.total_steps=256", "ppo.n_steps=128", "ppo.batch_size=64", "ppo.n_epochs=1",

@@ -21,10 +21,11 @@ from clip_fixtures import DRIVER, make_pairs, make_store, subprocess_env  # noqa
 from prefrl.data.segments import Segment  # noqa: E402
 from prefrl.feedback.choices import Choice  # noqa: E402
 from prefrl.feedback.store import LabelStore  # noqa: E402
-from prefrl.human.clips import RenderInfo, find_clips  # noqa: E402
+from prefrl.human.clips import RenderInfo  # noqa: E402
 from prefrl.human.layout import clip_box  # noqa: E402
 from prefrl.human.render import ClipRenderer, fit_frames, plot_frames  # noqa: E402
 from prefrl.human.viewer import LabelViewer, import_pygame  # noqa: E402
+from prefrl.rundir.clips import find_clips  # noqa: E402
 from prefrl.util.errors import PrefrlError  # noqa: E402
 
 pg = import_pygame()

@@ -38,8 +38,9 @@ from typing import Any
 
 import numpy as np
 
-from prefrl.analysis.report import GroupRow, RunResult, find_run_dirs, load_run, plot_curves, summarize
-from prefrl.training.checkpoint import progress_files
+from prefrl.analysis.report import GroupRow, RunResult, load_run, plot_curves, summarize
+from prefrl.rundir.progress import progress_files
+from prefrl.rundir.rundir import find_finished_runs
 from prefrl.util.atomic import atomic_write_text
 
 #: Where ``prefrl video`` may have left videos, relative to a run directory.
@@ -308,7 +309,7 @@ def render_report(run_dirs: Sequence[Path], page_dir: Path, title: str = "Learne
     :param page_dir: folder the page will be saved in (video links are relative to it)
     :param title: the page's heading
     """
-    runs = sorted((load_run(d) for d in find_run_dirs(run_dirs)),
+    runs = sorted((load_run(d) for d in find_finished_runs(run_dirs)),
                   key=lambda r: (r.task, r.arm != "true", r.label_budget, r.seed))
     rows = summarize(runs)
     progress = {r.run_dir: read_progress(r.run_dir) for r in runs}

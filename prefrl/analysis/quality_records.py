@@ -27,11 +27,15 @@ from typing import Any
 import numpy as np
 
 from prefrl.config.loading import load_preset
+from prefrl.rundir.files import CONFIG_FILE, EVAL_FILE, SUMMARY_FILE
 from prefrl.util.errors import PrefrlError
 
 #: Small files of a finished run copied into the records folder (committed with the page).
-RECORD_RUN_FILES = ("summary.json", "eval.csv", "config.json")
+RECORD_RUN_FILES = (SUMMARY_FILE, EVAL_FILE, CONFIG_FILE)
 RECORD_SETTING_FILES = ("setting.json", "random.json")
+#: The benchmark's own logs (each run's output and load), beside the task folders; not a
+#: run directory's ``logs/``.
+LOGS_DIR = "logs"
 #: Hand-written analysis beside the records folder, copied into the page as it is.
 FINDINGS_FILE = "findings.md"
 
@@ -61,7 +65,7 @@ def save_records(out: Path, records: Path) -> None:
     large and git-ignored; the records are what the results page is built from, so the
     page and its numbers survive a fresh clone and later plans reuse those runs.
     """
-    for summary in sorted(out.glob("*/*/*/seed*/summary.json")):
+    for summary in sorted(out.glob(f"*/*/*/seed*/{SUMMARY_FILE}")):
         dest = record_dir(summary.parent, records)
         dest.mkdir(parents=True, exist_ok=True)
         for name in RECORD_RUN_FILES:
@@ -73,10 +77,10 @@ def save_records(out: Path, records: Path) -> None:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
     for src in sorted(out.glob("logs/*.load.json")):
-        (records / "logs").mkdir(parents=True, exist_ok=True)
+        (records / LOGS_DIR).mkdir(parents=True, exist_ok=True)
         data = json.loads(src.read_text())
         data["run_dir"] = str(record_dir(Path(data["run_dir"]), records))
-        (records / "logs" / src.name).write_text(json.dumps(data) + "\n")
+        (records / LOGS_DIR / src.name).write_text(json.dumps(data) + "\n")
     if (out / "commands.jsonl").is_file():
         known = {json.dumps(e, sort_keys=True) for e in read_commands(records)}
         with open(records / "commands.jsonl", "a") as fh:
@@ -113,7 +117,7 @@ def load_settings(out: Path) -> list[Setting]:
         except PrefrlError:
             continue
         runs = []
-        for summary in sorted(folder.glob("*/seed*/summary.json")):
+        for summary in sorted(folder.glob(f"*/seed*/{SUMMARY_FILE}")):
             try:
                 runs.append(load_run(summary.parent))
             except PrefrlError:
@@ -168,7 +172,7 @@ def host_record(run_dir: Path, load_samples: Sequence[float]) -> dict[str, Any]:
 def run_host_record(run_dir: Path) -> dict[str, Any]:
     """What the plan process recorded about the machine while the run ran (load, and since
     2026-12-02 the machine itself); empty when nothing was recorded."""
-    path = run_dir.parents[3] / "logs" / f"{log_stem(run_dir)}.load.json"
+    path = run_dir.parents[3] / LOGS_DIR / f"{log_stem(run_dir)}.load.json"
     try:
         data = json.loads(path.read_text())
         if Path(data["run_dir"]).resolve() == run_dir.resolve():

@@ -4,7 +4,6 @@ targets' verdicts, what has not been run, and the limits of the numbers."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -34,6 +33,7 @@ from prefrl.analysis.quality_protocol import (
 from prefrl.analysis.quality_records import UNRECORDED_MACHINE, Setting, read_commands, run_host_record, run_load
 from prefrl.analysis.run_settings import changed_settings
 from prefrl.config.loading import load_preset
+from prefrl.rundir import RunDir
 
 
 def _fmt(x: float) -> str:
@@ -85,7 +85,7 @@ def reward_model_note(members: Sequence[Any]) -> str:
     acc, corr = [], []
     for r in members:
         try:
-            stats = json.loads((r.run_dir / "summary.json").read_text()).get("reward_model") or {}
+            stats = RunDir(r.run_dir).read_summary().get("reward_model") or {}
         except (OSError, ValueError):
             continue
         if "val_accuracy" in stats:
@@ -228,7 +228,7 @@ def missing_runs(out: Path, settings: Sequence[Setting]) -> tuple[list[str], lis
             if d in seen:
                 continue
             seen.add(d)
-            if not (Path(d) / "summary.json").is_file():
+            if not RunDir(d).is_finished:
                 pending.append(d)
     not_run = []
     for task in DEFAULT_TASKS:
@@ -272,7 +272,7 @@ def outdated_runs(setting: Setting) -> list[str]:
     lines = []
     for run in setting.runs:
         try:
-            stored = json.loads((run.run_dir / "config.json").read_text())["preset"]
+            stored = RunDir(run.run_dir).read_config()["preset"]
         except (OSError, ValueError, KeyError, TypeError):
             continue
         overrides = run_overrides(base, setting.steps, run.arm, run.label_budget, setting.overrides)

@@ -7,8 +7,6 @@ Reads each run directory's ``summary.json`` and ``eval.csv``; writes ``compariso
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -17,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prefrl.rundir import RunDir
+from prefrl.rundir.rundir import find_finished_runs
 from prefrl.util.errors import PrefrlError
 
 
@@ -57,29 +57,15 @@ class GroupRow:
     ratio: float | None  # learned / true on the same task; None for the true arm
 
 
-def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
-    """Run directories among ``paths`` or below them (any folder with ``summary.json``)."""
-    found: list[Path] = []
-    for path in paths:
-        if not path.exists():
-            raise PrefrlError(f"run directory '{path}' does not exist; give a folder written by `prefrl train`")
-        if (path / "summary.json").is_file():
-            found.append(path)
-        else:
-            found.extend(sorted(p.parent for p in path.rglob("summary.json")))
-    if not found:
-        raise PrefrlError(f"no finished runs (summary.json) in {', '.join(map(str, paths))}; train some first")
-    return sorted(set(found))
-
-
 def load_run(run_dir: Path) -> RunResult:
+    """The numbers of a finished run (:meth:`RunDir.read_summary`, :meth:`RunDir.eval_curve`).
+
+    :raises PrefrlError: a file is missing or corrupt
+    """
+    run = RunDir(run_dir)
     try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        steps, returns = [], []
-        with open(run_dir / "eval.csv", newline="") as fh:
-            for row in csv.DictReader(fh):
-                steps.append(int(row["step"]))
-                returns.append(float(row["mean_true_return"]))
+        summary = run.read_summary()
+        curve = run.eval_curve()
     except (OSError, ValueError, KeyError) as exc:
         raise PrefrlError(f"run directory '{run_dir}' is incomplete or corrupt ({exc}); rerun it or leave it out") from None
     return RunResult(
@@ -87,7 +73,7 @@ def load_run(run_dir: Path) -> RunResult:
         label_budget=int(summary.get("label_budget", 0)), labels_used=int(summary["labels_used"]),
         env_steps=int(summary["env_steps"]), final_true_return=float(summary["final_true_return"]),
         wall_seconds=float(summary["wall_seconds"]),
-        eval_steps=np.asarray(steps), eval_returns=np.asarray(returns),
+        eval_steps=curve.steps, eval_returns=curve.true_returns,
     )
 
 
@@ -170,7 +156,7 @@ def compare(run_dirs: Sequence[Path], out_dir: Path) -> tuple[list[GroupRow], st
 
     :return: the table rows and the markdown table
     """
-    runs = [load_run(d) for d in find_run_dirs(run_dirs)]
+    runs = [load_run(d) for d in find_finished_runs(run_dirs)]
     rows = summarize(runs)
     table = markdown_table(rows)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -35,6 +34,7 @@ from prefrl.analysis.quality_tables import (
     target_rows,
 )
 from prefrl.config.loading import load_preset
+from prefrl.rundir import RunDir
 from prefrl.util.atomic import atomic_write_text
 
 
@@ -57,7 +57,7 @@ def write_results(out: Path, results: Path) -> Path:
         starts = []
         for r in s.runs:
             try:
-                starts.append(json.loads((r.run_dir / "config.json").read_text())["started"])
+                starts.append(RunDir(r.run_dir).read_config()["started"])
             except (OSError, ValueError, KeyError):
                 pass
         when = f"{min(starts)[:16].replace('T', ' ')} to {max(starts)[:16].replace('T', ' ')}" if starts else "unknown"

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from prefrl.config.settings import SECTIONS
-from prefrl.training.checkpoint import flatten, setting_differences
+from prefrl.rundir.resume import flatten, setting_differences
 
 #: Preset sections that shape each arm's result (the true arm never uses the reward
 #: model, its labels or the teacher).

@@ -18,16 +18,16 @@ frame, and a matplotlib figure per frame would cost more than the simulation.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from prefrl.rundir import RunDir
 from prefrl.util.errors import PrefrlError
 from prefrl.util.gl import use_headless_gl
 
@@ -74,59 +74,6 @@ class VideoResult:
     fps: float
     true_returns: list[float] = field(default_factory=list)
     learned_returns: list[float] = field(default_factory=list)
-
-
-def load_agent(run_dir: Path, env: gym.Env, deterministic: bool) -> Callable[[np.ndarray], np.ndarray]:
-    """A finished run's PPO policy as one raw observation -> one action.
-
-    The run's VecNormalize observation statistics (if it has them) are applied, frozen;
-    the env is stepped directly by the caller, so the raw observation (what the reward
-    model reads) stays at hand.
-
-    :param run_dir: a finished run (``policy.zip``; ``vecnormalize.pkl`` when it has one)
-    :param env: the task's env (only its spaces are used)
-    :param deterministic: take the policy's most likely action
-    :raises PrefrlError: no or unreadable ``policy.zip``
-    """
-    from stable_baselines3 import PPO
-    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
-
-    policy_path = run_dir / "policy.zip"
-    if not policy_path.is_file():
-        raise PrefrlError(f"'{run_dir}' has no policy.zip; is the run finished? (`prefrl train` writes it at the end)")
-    try:
-        model = PPO.load(policy_path, device="cpu")
-    except Exception as exc:  # noqa: BLE001 - SB3 raises many types for a bad file
-        raise PrefrlError(f"cannot load policy {policy_path}: {exc}") from None
-    normalize: Callable[[np.ndarray], np.ndarray] = lambda batch: batch  # noqa: E731
-    if (run_dir / "vecnormalize.pkl").is_file():
-        statistics = VecNormalize.load(str(run_dir / "vecnormalize.pkl"), DummyVecEnv([lambda: env]))
-        statistics.training = False
-        normalize = statistics.normalize_obs
-
-    def act(observation: np.ndarray) -> np.ndarray:
-        return model.predict(normalize(np.asarray(observation)[None]), deterministic=deterministic)[0][0]
-
-    return act
-
-
-def load_run_preset(run_dir: Path) -> tuple[dict[str, Any], Preset]:
-    """``(config.json, Preset)`` of a run directory.
-
-    :param run_dir: a folder written by ``prefrl train``
-    :raises PrefrlError: no or unreadable ``config.json``
-    """
-    from prefrl.config.loading import preset_from_dict
-
-    path = run_dir / "config.json"
-    try:
-        config = json.loads(path.read_text())
-        preset = preset_from_dict(config["preset"], source=str(path))
-    except FileNotFoundError:
-        raise PrefrlError(f"'{run_dir}' is not a run directory (no config.json); give a folder written by `prefrl train`") from None
-    except (ValueError, KeyError) as exc:
-        raise PrefrlError(f"{path} is unreadable ({exc}); give a folder written by `prefrl train`") from None
-    return config, preset
 
 
 def _upscale(frame: np.ndarray) -> np.ndarray:
@@ -252,9 +199,9 @@ def record_video(
     from prefrl.config.loading import apply_overrides
     from prefrl.envs.factory import make_env
 
-    config, preset = load_run_preset(run_dir)
-    if not (run_dir / "policy.zip").is_file():  # before the (slow) env is built
-        raise PrefrlError(f"'{run_dir}' has no policy.zip; is the run finished? (`prefrl train` writes it at the end)")
+    run = RunDir(run_dir)
+    config, preset = run.load_preset()
+    run.check_policy()  # before the (slow) env is built
     if max_steps is not None:
         preset = apply_overrides(preset, [f"eval.max_episode_steps={max_steps}"])
     deterministic = preset.eval.deterministic if deterministic is None else deterministic
@@ -264,13 +211,10 @@ def record_video(
     use_headless_gl()
     env = make_env(preset, evaluation=True, render_mode="rgb_array")
     try:
-        act = load_agent(run_dir, env, deterministic)
+        act = run.load_agent(env).policy(deterministic)
         reward_model = None
-        if config.get("arm") == "learned" and (run_dir / "reward_model.pt").is_file():
-            from prefrl.reward.model import RewardModel
-
-            reward_model = RewardModel(env.observation_space, env.action_space, preset.reward, seed=0)
-            reward_model.load(run_dir / "reward_model.pt")
+        if config.get("arm") == "learned" and run.reward_model_path.is_file():
+            reward_model = run.load_reward_model(env.observation_space, env.action_space, preset.reward)
 
         fps = _video_fps(env, preset)
         writer: cv2.VideoWriter | None = None

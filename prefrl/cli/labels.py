@@ -84,8 +84,8 @@ def add_commands(subparsers: Any) -> None:
 
 def cmd_label(args: argparse.Namespace) -> int:
     """Open the viewer until the person quits."""
-    from prefrl.human.clips import find_clips
     from prefrl.human.viewer import LabelViewer
+    from prefrl.rundir.clips import find_clips
 
     location = find_clips(args.path)
     viewer = LabelViewer(
@@ -139,7 +139,7 @@ def _open_store(path: Path, readonly: bool = False) -> Any:
     :param readonly: open it read-only (nothing in the folder changes)
     """
     from prefrl.feedback.store import LabelStore
-    from prefrl.human.clips import find_clips
+    from prefrl.rundir.clips import find_clips
 
     location = find_clips(path)
     return LabelStore(location.clips_dir, location.task, readonly=readonly)

@@ -115,9 +115,10 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from prefrl.config.loading import load_preset
+    from prefrl.rundir import RunPaths
+    from prefrl.rundir.paths import default_paths
     from prefrl.training.checkpointing import RunInterrupted
     from prefrl.training.run import train
-    from prefrl.training.run_dir import RunPaths, default_paths
 
     preset = load_preset(args.task, _label_overrides(args))
     arm = args.reward
@@ -175,10 +176,10 @@ def default_clips_dir(run_dir: Path) -> Path:
 def _stored_clips_dir(run_dir: Path) -> Path | None:
     """The clips folder an unfinished run in ``run_dir`` was started with (so that
     rerunning the same command resumes it with its labels), else None."""
-    import json
+    from prefrl.rundir import RunDir
 
     try:
-        clips = json.loads((run_dir / "config.json").read_text()).get("clips_dir")
+        clips = RunDir(run_dir).read_config().get("clips_dir")
     except (OSError, ValueError, AttributeError):
         return None
     return Path(clips) if isinstance(clips, str) and clips else None
@@ -187,8 +188,9 @@ def _stored_clips_dir(run_dir: Path) -> Path | None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from prefrl.analysis.report import compare
     from prefrl.config.loading import load_preset
+    from prefrl.rundir import RunPaths
+    from prefrl.rundir.paths import run_name
     from prefrl.training.run import train
-    from prefrl.training.run_dir import RunPaths, run_name
 
     preset = load_preset(DEMO_TASK, list(DEMO_OVERRIDES))
     out: Path = args.out / time.strftime("%Y%m%d-%H%M%S")

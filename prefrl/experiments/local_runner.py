@@ -145,9 +145,9 @@ def run_one(spec_path: Path) -> int:
     :return: the exit status (0 finished; a signal's status when stopped after writing
         its checkpoint)
     """
+    from prefrl.rundir import RunPaths
     from prefrl.training.checkpointing import RunInterrupted
     from prefrl.training.run import train
-    from prefrl.training.run_dir import RunPaths
 
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     spec = RunSpec.from_json(json.loads(spec_path.read_text()))

@@ -28,6 +28,7 @@ from pathlib import Path
 from prefrl.analysis.run_settings import changed_settings
 from prefrl.config.settings import Preset
 from prefrl.experiments.sweep import RunSpec
+from prefrl.rundir import RunDir, RunPaths
 from prefrl.util.errors import PrefrlError
 
 #: Folder (inside a sweep's output folder) where finished runs made with old settings go.
@@ -52,7 +53,7 @@ def finished_dir(spec: RunSpec, records: Path | None = None) -> Path | None:
     """The folder of the run's finished result: its run folder, or its copy in
     ``records`` (``records / spec.rel_dir``); None if it has not finished."""
     for folder in (spec.run_dir, None if records is None else records / spec.rel_dir):
-        if folder is not None and (folder / "summary.json").is_file():
+        if folder is not None and RunDir(folder).is_finished:
             return folder
     return None
 
@@ -64,7 +65,7 @@ def stale_changes(spec: RunSpec, records: Path | None = None) -> list[str]:
     if folder is None:
         return []
     try:
-        config = json.loads((folder / "config.json").read_text())
+        config = RunDir(folder).read_config()
         stored = config["preset"]
     except (OSError, ValueError, KeyError, TypeError):
         return []
@@ -91,7 +92,7 @@ def set_aside(spec: RunSpec) -> Path | None:
 
     :return: where it went (None when the run folder holds no finished run)
     """
-    if not (spec.run_dir / "summary.json").is_file():
+    if not RunDir(spec.run_dir).is_finished:
         return None
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = spec.out / REPLACED_DIR / spec.rel_dir.parent / f"{spec.rel_dir.name}-{stamp}"
@@ -106,7 +107,7 @@ def resumable(spec: RunSpec, preset: Preset | None = None) -> bool:
 
     :param preset: the settings the run will get (default the spec's)
     """
-    from prefrl.training.run_dir import RunPaths, would_resume
+    from prefrl.rundir.resume import would_resume
 
     return would_resume(preset or spec.preset, arm=spec.arm, seed=spec.seed,
                         paths=RunPaths(spec.run_dir, spec.run_dir / "clips"))
@@ -119,7 +120,7 @@ def prepare_run_dir(spec: RunSpec, preset: Preset | None = None) -> bool:
     :param preset: the settings the run will get now (default the spec's)
     :return: whether the run will resume from a checkpoint
     """
-    if not spec.run_dir.exists() or (spec.run_dir / "summary.json").is_file():
+    if not spec.run_dir.exists() or RunDir(spec.run_dir).is_finished:
         return False
     if resumable(spec, preset):
         return True
@@ -153,10 +154,8 @@ def prepare(runs: Sequence[RunSpec], records: Path | None = None, *, clear_unfin
 def checkpoint_step(run_dir: Path) -> int:
     """Env steps an unfinished run keeps in its checkpoint, which ``train`` resumes from
     (0 without one; an unreadable one is the run's own error to report)."""
-    from prefrl.training.checkpoint import read_checkpoint
-
     try:
-        checkpoint = read_checkpoint(run_dir)
+        checkpoint = RunDir(run_dir).read_checkpoint()
     except PrefrlError:
         return 0
     return 0 if checkpoint is None else int(checkpoint["step"])

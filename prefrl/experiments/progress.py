@@ -53,10 +53,13 @@ class RunProgress:
         self.read_files(self.spec.run_dir)
 
     def read_files(self, run_dir: Path) -> None:
-        from prefrl.training.checkpoint import newest_progress, tail_row
+        from prefrl.rundir import RunDir
+        from prefrl.rundir.progress import tail_row
+
+        run = RunDir(run_dir)
 
         # A resumed run logs on in its newest session's file, from its checkpoint's step.
-        start, row = newest_progress(run_dir) or (None, {})
+        start, row = run.newest_progress() or (None, {})
         # SB3 leaves a key empty in rows where it was not logged: keep the last value.
         steps = _float(row.get("time/total_timesteps"))
         labels = _float(row.get("labels/used"))
@@ -69,14 +72,14 @@ class RunProgress:
             self.labels = int(labels)
         if train_return is not None:
             self.train_return = train_return
-        evaluation = tail_row(run_dir / "eval.csv")
+        evaluation = tail_row(run.eval_path)
         eval_return, eval_step = _float(evaluation.get("mean_true_return")), _float(evaluation.get("step"))
         if eval_return is not None:
             self.eval_return = eval_return
         if eval_step is not None:
             self.steps = max(self.steps, int(eval_step))
         try:
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = run.read_summary()
         except (OSError, ValueError):
             return
         # A finished run's summary is the last word (the final log row may lack labels).

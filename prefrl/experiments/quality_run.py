@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from prefrl.analysis.quality_records import save_records
+from prefrl.analysis.quality_records import LOGS_DIR, save_records
 from prefrl.analysis.results_page import write_results
 from prefrl.config.loading import load_preset
 from prefrl.experiments.local_runner import LocalRunner, acquire_lock, run_stem
@@ -79,9 +79,9 @@ def current_step(run_dir: Path) -> int:
     """Env steps a running run has logged so far: the last row of its newest session's
     SB3 progress.csv (a resumed run logs to ``logs/resumed_at_<step>/`` from its
     checkpoint on, and redoes the steps the interrupted session took after it)."""
-    from prefrl.training.checkpoint import newest_progress
+    from prefrl.rundir import RunDir
 
-    start, row = newest_progress(run_dir) or (0, {})
+    start, row = RunDir(run_dir).newest_progress() or (0, {})
     try:
         return int(float(row.get("time/total_timesteps") or start))
     except ValueError:
@@ -112,7 +112,7 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
         TimeRemainingColumn,
     )
 
-    runner = runner or LocalRunner(out / "logs")
+    runner = runner or LocalRunner(out / LOGS_DIR)
     total_steps = sum(s.steps for s in plan)
     results: list[tuple[RunSpec, str]] = []
     counts = {"steps": sum(s.steps for s in plan if s not in todo), "done": len(plan) - len(todo), "unfinished": 0}
@@ -139,7 +139,7 @@ def execute(plan: Sequence[RunSpec], todo: Sequence[RunSpec], jobs: int, out: Pa
                 else:
                     counts["unfinished"] += 1
                 rc = ended.exit_code if ended.exit_code is not None else (0 if ok else 1)
-                log = out / "logs" / f"{run_stem(spec)}.log"
+                log = out / LOGS_DIR / f"{run_stem(spec)}.log"
                 progress.console.print(f"{spec.name}: {run_status(rc, ok, ended.seconds, log)}")
                 if ok and on_finished is not None:
                     try:

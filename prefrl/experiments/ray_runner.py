@@ -81,8 +81,8 @@ def execute_run(spec: RunSpec, threads: int) -> dict[str, Any]:
             log_path.unlink(missing_ok=True)  # a resumed run appends to the log of its first attempt
         atomic_write_text(status_path, json.dumps({**info, "started": started, "threads": threads}) + "\n")
         pin_threads(threads)
+        from prefrl.rundir import RunPaths
         from prefrl.training.run import train
-        from prefrl.training.run_dir import RunPaths
 
         run_dir = spec.run_dir
         with open(log_path, "a", buffering=1) as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):

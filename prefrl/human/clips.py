@@ -158,34 +158,39 @@ def _sniff_info(clips_dir: Path, task: str) -> RenderInfo:
     return RenderInfo(task=task)
 
 
-def find_clips(path: str | os.PathLike[str]) -> ClipsLocation:
-    """Resolve what ``prefrl label PATH`` was given: a run directory or a clips folder.
+def is_clips_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a label store (a folder of a run's config and its clips may be one)."""
+    return (Path(path) / "labels.sqlite").is_file()
 
-    A run directory has a ``config.json`` whose ``clips_dir`` names its clips folder and
-    whose ``preset`` says how to render; a clips folder has ``labels.sqlite`` and, when
-    ``prefrl clips`` made it, a ``clips.json``; otherwise the store's task names a preset.
 
-    :raises PrefrlError: neither, or a true-reward run (which has no labels)
+def run_clips_location(run_dir: Path, config: Mapping[str, Any]) -> ClipsLocation:
+    """The clips of a run directory, from its config: ``clips_dir`` names its clips folder
+    and ``preset`` says how to render (the run directory itself is read by
+    :func:`prefrl.rundir.clips.find_clips`).
+
+    :raises PrefrlError: a true-reward run (which has no labels), or no labels yet
+    """
+    configured = config.get("clips_dir")
+    if not configured:
+        raise PrefrlError(f"run {run_dir} has no clips folder (a true-reward run asks no labels)")
+    clips_dir = _resolve_clips_dir(run_dir, str(configured))
+    task = read_store_task(clips_dir)
+    preset_task = (config.get("preset") or {}).get("task") or {}
+    info = RenderInfo.from_task_settings(preset_task, task=task) if preset_task else (
+        _info_from_preset_name(task) or _sniff_info(clips_dir, task)
+    )
+    return ClipsLocation(clips_dir=clips_dir, task=task, info=info, run_dir=run_dir)
+
+
+def clips_folder_location(path: str | os.PathLike[str]) -> ClipsLocation:
+    """A clips folder's store task and rendering settings: it has ``labels.sqlite`` and,
+    when ``prefrl clips`` made it, a ``clips.json``; otherwise the store's task names a preset.
+
+    :raises PrefrlError: not a directory, or no label store in it
     """
     given = Path(path)
     if not given.is_dir():
         raise PrefrlError(f"'{given}' is not a directory; give a run directory or a clips folder")
-    config_path = given / "config.json"
-    if config_path.is_file() and not (given / "labels.sqlite").is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise PrefrlError(f"cannot read {config_path}: {exc}") from None
-        configured = config.get("clips_dir")
-        if not configured:
-            raise PrefrlError(f"run {given} has no clips folder (a true-reward run asks no labels)")
-        clips_dir = _resolve_clips_dir(given, str(configured))
-        task = read_store_task(clips_dir)
-        preset_task = (config.get("preset") or {}).get("task") or {}
-        info = RenderInfo.from_task_settings(preset_task, task=task) if preset_task else (
-            _info_from_preset_name(task) or _sniff_info(clips_dir, task)
-        )
-        return ClipsLocation(clips_dir=clips_dir, task=task, info=info, run_dir=given)
     task = read_store_task(given)
     info_path = given / CLIPS_INFO_FILE
     info: RenderInfo | None = None

@@ -20,7 +20,7 @@ from prefrl.util.errors import PrefrlError
 
 class _Label(NamedTuple):
     """One kept label. Run checkpoints pickle these under this module and name (see
-    ``PREFRL_CLASSES`` in ``prefrl/training/legacy_pickle.py``): keep both.
+    ``PREFRL_CLASSES`` in ``prefrl/rundir/legacy_pickle.py``): keep both.
 
     :param pair: the two clips
     :param target: probability that the left clip is better (1, 0 or 0.5 for a tie)

@@ -3,8 +3,9 @@ SIGTERM after one, and stopping on non-finite values.
 
 Every object whose state a checkpoint holds offers it as :class:`Checkpointable`;
 :class:`RunParts` gathers them (the PPO agent through :mod:`prefrl.training.ppo`, the
-envs through :mod:`prefrl.training.checkpoint`), and :class:`RunCheckpointer` writes the
-result. The layout of the checkpoint dict is fixed: old checkpoints must still resume.
+envs through :mod:`prefrl.envs.state`), and :class:`RunCheckpointer` writes the
+result (:mod:`prefrl.rundir.checkpoint_files`). The layout of the checkpoint dict is
+fixed: old checkpoints must still resume.
 """
 
 from __future__ import annotations
@@ -25,13 +26,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 from prefrl.envs.state import capture_vec_env, restore_vec_env
-from prefrl.training.checkpoint import (
-    checkpoint_path,
-    global_rng_states,
-    restore_global_rng_states,
-    write_checkpoint,
-)
+from prefrl.rundir.checkpoint_files import checkpoint_path, write_checkpoint
 from prefrl.training.ppo import load_ppo_run_state, ppo_run_state
+from prefrl.training.rng_state import global_rng_states, restore_global_rng_states
 from prefrl.util.errors import PrefrlError
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from prefrl.config.settings import FIT_MODES
-from prefrl.training.run_dir import RunPaths
+from prefrl.rundir import RunPaths
 from prefrl.util.errors import PrefrlError
 
 ARMS = ("learned", "true")

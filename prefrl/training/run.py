@@ -3,7 +3,7 @@
 
 Read top to bottom, :func:`train` is:
 
-1. the run directory: a new run, or an unfinished one to resume (:mod:`.run_dir`);
+1. the run directory: a new run, or an unfinished one to resume (:mod:`prefrl.rundir.resume`);
 2. seed everything, build the vectorised env (fixed horizon, Atari score masked);
 3. learned arm: record segments of a random policy, ask the teacher about
    ``initial_labels`` pairs, pretrain the reward ensemble on the answers
@@ -61,13 +61,11 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 from prefrl.config.settings import Preset
 from prefrl.envs.vec_env import make_vec_env
 from prefrl.reward.vec_env import DeferredRewardVecNormalize
+from prefrl.rundir import RunDir, RunPaths
+from prefrl.rundir.checkpoint_files import remove_partial_checkpoints
+from prefrl.rundir.paths import default_paths
+from prefrl.rundir.resume import open_run_dir, run_config, write_config
 from prefrl.training.callbacks import PreferenceCallback, ProgressCallback, TrueReturnEvalCallback
-from prefrl.training.checkpoint import (
-    checkpoint_path,
-    remove_partial_checkpoints,
-    resumed_logs_dir,
-    run_dir_lock,
-)
 from prefrl.training.checkpointing import (
     CheckpointWriteError,
     Halt,
@@ -80,7 +78,6 @@ from prefrl.training.checkpointing import (
 from prefrl.training.learned_arm import LearnedArm, build_learned_arm
 from prefrl.training.options import RunOptions
 from prefrl.training.ppo import make_ppo
-from prefrl.training.run_dir import RunPaths, default_paths, open_run_dir, run_config, write_config
 from prefrl.util.atomic import atomic_write_json
 from prefrl.util.errors import PrefrlError
 from prefrl.util.threads import background_nice
@@ -108,7 +105,7 @@ def train(
 
     Given the directory of an interrupted run (same settings), the run continues from
     its last checkpoint and ends exactly as it would have without the interruption
-    (see :func:`~.run_dir.open_run_dir` and :class:`~.checkpointing.RunParts`).
+    (see :func:`~prefrl.rundir.resume.open_run_dir` and :class:`~.checkpointing.RunParts`).
 
     :param preset: the task's resolved settings
     :param arm: ``learned`` (PPO on the learned reward) or ``true`` (on the true reward)
@@ -144,13 +141,14 @@ def train(
         fit=fit or preset.reward.fit_mode, fit_threads=fit_threads, checkpoint_steps=checkpoint_steps,
         checkpoint_seconds=checkpoint_seconds, force=force, trust_old_checkpoint=trust_old_checkpoint,
     )
-    with run_dir_lock(opts.paths.run_dir):
+    with RunDir(opts.paths.run_dir).lock():
         return _train(preset, opts)
 
 
 def _train(preset: Preset, opts: RunOptions) -> dict[str, Any]:
     """:func:`train` in a run directory this process holds."""
     run_dir, p = opts.paths.run_dir, preset.ppo
+    run = RunDir(run_dir)
     config = run_config(preset, opts.arm, opts.seed, opts.paths, opts.teacher_kind, opts.labels_from,
                         opts.relabel, opts.fit)
     resumed, changes = open_run_dir(run_dir, config, opts.force, trust_old_checkpoint=opts.trust_old_checkpoint)
@@ -188,18 +186,18 @@ def _train(preset: Preset, opts: RunOptions) -> dict[str, Any]:
         eval_env = VecNormalize(eval_env, training=False, norm_obs=p.normalize_observations, norm_reward=False)
 
     model = make_ppo(p, venv, opts.seed, opts.verbose)
-    evals = TrueReturnEvalCallback(eval_env, preset, run_dir / "eval.csv")
+    evals = TrueReturnEvalCallback(eval_env, preset, run.eval_path)
     parts = RunParts(model, eval_env, evals, prefs, pretrain_steps=learned.pretrain_steps if learned is not None else 0,
                      session_start=started)
-    logs = run_dir / "logs"
+    logs = run.logs_dir
     if resumed is not None:
         try:
             parts.restore(resumed["state"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise PrefrlError(f"the checkpoint {checkpoint_path(run_dir)} does not fit these settings "
+            raise PrefrlError(f"the checkpoint {run.checkpoint_path} does not fit these settings "
                               f"({str(exc).splitlines()[0]}); resume with the settings that started the run") from None
         # The interrupted session's log stays as it is; this session logs beside it.
-        logs = resumed_logs_dir(run_dir, model.num_timesteps)
+        logs = run.resumed_logs_dir(model.num_timesteps)
         print(f"resuming {run_dir} at step {model.num_timesteps:,} of {p.total_steps:,}", flush=True)
     model.set_logger(configure(str(logs), ["csv", "tensorboard"]))
     stop = StopRequest()
@@ -245,7 +243,7 @@ def _train(preset: Preset, opts: RunOptions) -> dict[str, Any]:
         final_wait = prefs.fitter.wait_seconds - waited
     if evals.next_eval - preset.eval.every_steps < model.num_timesteps:
         evals.evaluate()  # always end with an evaluation of the final policy
-    _save_results(run_dir, model, learned)
+    _save_results(run, model, learned)
     _close_run(venv, eval_env, prefs)
 
     summary = {
@@ -271,23 +269,23 @@ def _train(preset: Preset, opts: RunOptions) -> dict[str, Any]:
             "mode": opts.relabel, "seconds": round(relabeller.seconds, 2) if relabeller is not None else None,
         }
     # Last: summary.json marks the run finished (a finished run is never resumed).
-    atomic_write_json(run_dir / "summary.json", summary)
+    atomic_write_json(run.summary_path, summary)
     return summary
 
 
-def _save_results(run_dir: Path, model: PPO, learned: LearnedArm | None) -> None:
+def _save_results(run: RunDir, model: PPO, learned: LearnedArm | None) -> None:
     """The policy, its normalisation statistics and (learned arm) the reward model and
     the labels, beside the run's logs."""
-    model.save(run_dir / "policy.zip")
+    model.save(run.policy_path)
     env = model.get_env()
     if isinstance(env, VecNormalize):
         if learned is not None and learned.env.normalizer is not None:
             # Keep the reward statistics the agent was trained with beside the obs statistics.
             env.ret_rms = copy.deepcopy(learned.env.normalizer.ret_rms)
-        env.save(str(run_dir / "vecnormalize.pkl"))
+        env.save(str(run.vecnormalize_path))
     if learned is not None:
-        learned.prefs.reward_model.save(run_dir / "reward_model.pt")
-        learned.prefs.store.export_jsonl(run_dir / "labels.jsonl")
+        learned.prefs.reward_model.save(run.reward_model_path)
+        learned.prefs.store.export_jsonl(run.labels_path)
 
 
 def _close_run(venv: VecEnv, eval_env: VecEnv, prefs: PreferenceCallback | None) -> None:

@@ -60,11 +60,13 @@ def collect_clip_pairs(
         from stable_baselines3 import PPO
         from stable_baselines3.common.vec_env import VecNormalize
 
+        from prefrl.rundir import RunDir
+
         try:
             model = PPO.load(policy_path, device="cpu")
         except Exception as exc:  # noqa: BLE001 - SB3 raises many types for a bad file
             raise PrefrlError(f"cannot load policy {policy_path}: {exc}") from None
-        normalizer = policy_path.parent / "vecnormalize.pkl"
+        normalizer = RunDir(policy_path.parent).vecnormalize_path
         if normalizer.is_file():
             stepper = VecNormalize.load(str(normalizer), recorder)
             stepper.training = False

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prefrl.training.legacy_pickle import PREFRL_CLASSES
+from prefrl.rundir.legacy_pickle import PREFRL_CLASSES
 
 #: The classes a checkpoint may hold as records: name -> module. prefrl's own data
 #: classes are those of :data:`PREFRL_CLASSES` (where a moved class is updated).

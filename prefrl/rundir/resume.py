@@ -1,12 +1,11 @@
-"""The run directory's rules: where a run writes, what ``config.json`` holds, and whether
-a directory starts a new run, resumes an unfinished one, or is refused.
+"""The resume rule: what ``config.json`` holds, and whether a directory starts a new run,
+resumes an unfinished one (same settings, or ``--force``), or is refused.
 """
 
 from __future__ import annotations
 
 import json
 import platform
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,11 @@ from typing import Any
 import torch
 
 from prefrl.config.settings import Preset
-from prefrl.training.checkpoint import (
-    LOCK_FILE,
-    RUN_DIR_SCHEMA,
-    check_run_dir_schema,
-    checkpoint_path,
-    flatten,
-    read_checkpoint,
-    setting_differences,
-    upgrade_run_dir_1_to_2,
-)
+from prefrl.rundir.checkpoint_files import read_checkpoint
+from prefrl.rundir.files import CONFIG_FILE, LOCK_FILE, SUMMARY_FILE
+from prefrl.rundir.paths import RunPaths
+from prefrl.rundir.rundir import RunDir
+from prefrl.rundir.schema import RUN_DIR_MIGRATIONS, RUN_DIR_SCHEMA, check_run_dir_schema
 from prefrl.util.atomic import atomic_write_json
 from prefrl.util.errors import PrefrlError
 
@@ -34,32 +28,6 @@ RESUME_IGNORED_SETTINGS = ("task.description",)
 SETTINGS_ADDED_LATER: dict[str, Any] = {
     "reward.max_pairs_per_update": 0, "ppo.log_std_init": 0.0, "ppo.ortho_init": True, "ppo.activation": "tanh",
 }
-#: ``version -> function(run_dir, config) -> config`` upgrading a run directory of that
-#: layout version to the next (version 1 is the first with checkpoints).
-RUN_DIR_MIGRATIONS: dict[int, Any] = {1: upgrade_run_dir_1_to_2}
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    """Where a run writes.
-
-    :param run_dir: config, logs, checkpoints, evaluation and summary
-    :param clips_dir: clip pairs and the label database (``labels.sqlite``)
-    """
-
-    run_dir: Path
-    clips_dir: Path
-
-
-def run_name(task: str, arm: str, seed: int, when: datetime | None = None) -> str:
-    """CleanRL-style ``env__exp__seed__time`` name, e.g. ``hopper__learned__1__20261123-153000``."""
-    stamp = (when or datetime.now()).strftime("%Y%m%d-%H%M%S")
-    return f"{task}__{arm}__{seed}__{stamp}"
-
-
-def default_paths(task: str, arm: str, seed: int, root: Path = Path("runs")) -> RunPaths:
-    name = run_name(task, arm, seed)
-    return RunPaths(run_dir=root / name, clips_dir=Path("clips") / name)
 
 
 def run_config(preset: Preset, arm: str, seed: int, paths: RunPaths, teacher_kind: str,
@@ -84,11 +52,36 @@ def write_config(run_dir: Path, config: dict[str, Any], resumed: dict[str, Any] 
     if resumed is not None and not changes:
         return  # same settings: the file stays as the run's first session wrote it
     if resumed is not None:
-        previous = json.loads((run_dir / "config.json").read_text())
+        previous = json.loads((run_dir / CONFIG_FILE).read_text())
         config = {**config, "started": previous.get("started", config["started"]),
                   "changed_on_resume": [*previous.get("changed_on_resume", []),
                                         {"step": resumed["step"], "changes": changes}]}
-    atomic_write_json(run_dir / "config.json", config)
+    atomic_write_json(run_dir / CONFIG_FILE, config)
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"ppo": {"gamma": 0.99}}`` -> ``{"ppo.gamma": 0.99}``."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def setting_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The settings that differ between two flat dicts, as ``key (old -> new)``, sorted.
+    A key missing on one side shows as ``unset``."""
+    missing = object()
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, missing), new.get(key, missing)
+        if before != after:
+            show = lambda v: "unset" if v is missing else json.dumps(v)  # noqa: E731
+            changes.append(f"{key} ({show(before)} -> {show(after)})")
+    return changes
 
 
 def _comparable_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -126,7 +119,7 @@ def check_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) ->
 
     - missing or empty: a new run;
     - ``config.json`` of this layout, no ``summary.json``: the same run again, resumed
-      from ``checkpoint/state.pt`` (or started over if it stopped before its first
+      from its checkpoint (or started over if it stopped before its first
       checkpoint), if it was started with the same settings (``--force``: whatever
       differs is taken from the new settings);
     - finished (``summary.json``), files without ``config.json``, a layout without a
@@ -143,16 +136,16 @@ def check_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) ->
     """
     if not run_dir.exists() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         return None
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     if not config_path.is_file():
-        raise PrefrlError(f"run directory '{run_dir}' already holds a run or other files (no config.json); "
+        raise PrefrlError(f"run directory '{run_dir}' already holds a run or other files (no {CONFIG_FILE}); "
                           "give a new --run-dir")
     try:
         stored = json.loads(config_path.read_text())
     except (OSError, ValueError) as exc:
         raise PrefrlError(f"cannot read {config_path} ({exc}); give a new --run-dir") from None
-    if (run_dir / "summary.json").is_file():
-        raise PrefrlError(f"run directory '{run_dir}' already holds a run that finished (summary.json); "
+    if (run_dir / SUMMARY_FILE).is_file():
+        raise PrefrlError(f"run directory '{run_dir}' already holds a run that finished ({SUMMARY_FILE}); "
                           "give a new --run-dir")
     schema = stored.get("run_dir_schema")
     if schema is None:
@@ -171,10 +164,15 @@ def check_run_dir(run_dir: Path, config: dict[str, Any], force: bool = False) ->
 
 def would_resume(preset: Preset, *, arm: str, seed: int, paths: RunPaths, teacher_kind: str = "synthetic",
                  labels_from: Path | None = None, relabel: str = "rollout", fit: str | None = None) -> bool:
-    """Whether :func:`train` with these arguments (and no ``force``) would continue the
-    run in ``paths.run_dir`` from its checkpoint: the one rule sweeps and benchmarks use
-    to keep a killed run's folder rather than start it over."""
-    if not checkpoint_path(paths.run_dir).is_file() or (paths.run_dir / "summary.json").is_file():
+    """Whether :func:`~prefrl.training.run.train` with these arguments (and no ``force``)
+    would continue the run in ``paths.run_dir`` from its checkpoint: the one rule sweeps
+    and benchmarks use to keep a killed run's folder rather than start it over.
+
+    A checkpoint of the old format counts too: ``train`` then asks for
+    ``--trust-old-checkpoint`` rather than the folder being deleted and the run redone.
+    """
+    run = RunDir(paths.run_dir)
+    if not run.has_checkpoint or run.is_finished:
         return False
     config = run_config(preset, arm, seed, paths, teacher_kind, labels_from, relabel, fit or preset.reward.fit_mode)
     try:

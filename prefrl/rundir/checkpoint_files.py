@@ -1,32 +1,29 @@
-"""A run's checkpoint and its run directory: the checkpoint files (data only, written
-atomically; the old pickle format read only when trusted), the layout version, the lock
-held while training, the global random states, logs of resumed sessions and settings
-compared on resume.
+"""A run's checkpoint on disk: data files only, written atomically; the old pickle format
+read only when trusted. Both carry the layout version of :mod:`prefrl.rundir.schema`.
 
-The env states inside a checkpoint are captured by :mod:`prefrl.envs.state`; how the
-nested state becomes files is :mod:`prefrl.training.state_format`; atomic writes are
-:mod:`prefrl.util.atomic`.
+How the nested state becomes files is :mod:`prefrl.rundir.state_format`; the old format's
+allow-list is :mod:`prefrl.rundir.legacy_pickle`; atomic writes are :mod:`prefrl.util.atomic`.
+What a checkpoint holds is gathered by :mod:`prefrl.training.checkpointing`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import json
 import os
-import random
 import re
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from prefrl.training.legacy_pickle import UnsafeCheckpointError, load_legacy_pickle
-from prefrl.training.state_format import StateDecoder, StateEncoder
+from prefrl.rundir.files import CHECKPOINT_FILE, CONFIG_FILE, LEGACY_CHECKPOINT_FILE
+from prefrl.rundir.legacy_pickle import UnsafeCheckpointError, load_legacy_pickle
+from prefrl.rundir.schema import RUN_DIR_SCHEMA, check_run_dir_schema
+from prefrl.rundir.state_format import StateDecoder, StateEncoder
 from prefrl.util.atomic import atomic_file, atomic_write_json
 from prefrl.util.errors import PrefrlError
 
@@ -37,38 +34,8 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         torch.save(obj, handle)
 
 
-def global_rng_states() -> dict[str, Any]:
-    """The global random states of Python, NumPy and torch (SB3 draws from all three)."""
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
-
-
-def restore_global_rng_states(states: dict[str, Any]) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-
-
-# --------------------------------------------------------------------------- run checkpoints
-
-#: Layout version of a run directory, in its ``config.json`` (``run_dir_schema``) and in
-#: its checkpoint. Directories without it were written before checkpoints existed.
-#: 1: ``checkpoint/state.pt``, one pickle, holds everything a run needs to continue.
-#: 2: the checkpoint is data files: ``checkpoint/state.json`` (the nested state as tagged
-#: JSON, see :mod:`prefrl.training.state_format`) naming a tensors file
-#: (``torch.load(weights_only=True)``) and an arrays file (``np.load(allow_pickle=False)``).
-#: A prefrl that reads only 1 refuses such a directory because of its ``config.json``.
-RUN_DIR_SCHEMA = 2
 #: Marks a file as a prefrl run checkpoint.
 CHECKPOINT_FORMAT = "prefrl-run-checkpoint"
-#: Where a run keeps its checkpoint, relative to the run directory: the file whose atomic
-#: replacement commits a checkpoint (it names the data files that belong to it).
-CHECKPOINT_FILE = Path("checkpoint") / "state.json"
-#: The checkpoint of run-dir layout 1 (a pickle: read only when the user trusts it).
-LEGACY_CHECKPOINT_FILE = Path("checkpoint") / "state.pt"
 #: Names of a checkpoint's data files (``<token>``: which write they belong to).
 _DATA_FILE = re.compile(r"(tensors\.[0-9a-z-]+\.pt|arrays\.[0-9a-z-]+\.npz)")
 
@@ -82,68 +49,6 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     return Path(run_dir) / CHECKPOINT_FILE
 
 
-def resumed_logs_dir(run_dir: str | os.PathLike, step: int) -> Path:
-    """Where a session resumed at ``step`` logs: the interrupted session's ``logs/`` stays as it was."""
-    return Path(run_dir) / "logs" / f"resumed_at_{step}"
-
-
-def progress_files(run_dir: str | os.PathLike) -> list[tuple[int, Path]]:
-    """A run's SB3 ``progress.csv`` files that exist with the env step each session
-    started at: the first session's (step 0), then each resumed session's in step order
-    (the last one is the newest session's). A session's rows beyond the next session's
-    start step were logged after the checkpoint it resumed from, and were redone."""
-    logs = Path(run_dir) / "logs"
-    sessions = [(0, logs / "progress.csv")]
-    for path in logs.glob("resumed_at_*/progress.csv"):
-        step = path.parent.name.rpartition("_")[2]
-        if step.isdigit():
-            sessions.append((int(step), path))
-    return [(step, path) for step, path in sorted(sessions) if path.is_file()]
-
-
-def tail_row(path: str | os.PathLike) -> dict[str, str]:
-    """The header and last complete row of a CSV file that another process appends to
-    ({} if there is none yet).
-
-    Reads only the first line and the file's end, so polling large logs stays cheap.
-    """
-    try:
-        with open(path, "rb") as fh:
-            header = fh.readline().decode(errors="replace").strip()
-            fh.seek(0, os.SEEK_END)
-            size = fh.tell()
-            fh.seek(max(0, size - 65536))
-            tail = fh.read().decode(errors="replace")
-    except OSError:
-        return {}
-    lines = [line for line in tail.split("\n")[:-1] if line.strip()]  # the last piece may be half written
-    if not header or not lines or lines[-1].strip() == header:
-        return {}
-    keys = next(csv.reader([header]))
-    values = next(csv.reader([lines[-1]]))
-    if len(values) != len(keys):
-        return {}
-    return dict(zip(keys, values))
-
-
-def newest_progress(run_dir: str | os.PathLike) -> tuple[int, dict[str, str]] | None:
-    """A live run's newest numbers: ``(env step its newest session started at, that
-    session's last complete progress.csv row)``; None if it has logged nothing. A resumed
-    session redoes the steps after its checkpoint, so the older sessions' rows are stale."""
-    sessions = progress_files(run_dir)
-    if not sessions:
-        return None
-    start, path = sessions[-1]
-    return start, tail_row(path)
-
-
-def upgrade_run_dir_1_to_2(run_dir: Path, config: dict[str, Any]) -> dict[str, Any]:
-    """Run-dir layout 1 to 2: only the checkpoint's format changed, which
-    :func:`read_checkpoint` reads (with the user's consent) and :func:`write_checkpoint`
-    replaces, marking ``config.json`` then; the settings stay as they are."""
-    return {**config, "run_dir_schema": 2}
-
-
 def write_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any]) -> Path:
     """Write a run's checkpoint atomically: the previous one stays until this one is
     complete on disk (a crash or a full disk mid-write leaves the previous one).
@@ -153,7 +58,7 @@ def write_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any
 
     :param run_dir: the run directory
     :param step: env steps the state has taken (shown when resuming)
-    :param state: nested data (see :mod:`prefrl.training.state_format`); shared objects
+    :param state: nested data (see :mod:`prefrl.rundir.state_format`); shared objects
         are stored once
     :return: the checkpoint file
     :raises OSError: the disk is full or unwritable (the previous checkpoint stays)
@@ -191,7 +96,7 @@ def _raise_config_schema(run_dir: Path) -> None:
     """A run resumed from an older layout writes the new checkpoint format: its
     ``config.json`` says so first, so that the older prefrl refuses the directory
     instead of missing the checkpoint and starting the run over."""
-    config_path = run_dir / "config.json"
+    config_path = run_dir / CONFIG_FILE
     try:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError):
@@ -206,7 +111,7 @@ def read_checkpoint(run_dir: str | os.PathLike, *, trust_old_checkpoint: bool = 
 
     :param run_dir: the run directory
     :param trust_old_checkpoint: read a checkpoint of the old format (a pickle) too, through
-        :mod:`prefrl.training.legacy_pickle`'s allow-list, with an :class:`OldCheckpointWarning`
+        :mod:`prefrl.rundir.legacy_pickle`'s allow-list, with an :class:`OldCheckpointWarning`
     :raises PrefrlError: unreadable, not a checkpoint, written by a newer prefrl, or of the
         old format without ``trust_old_checkpoint`` (or naming code outside the allow-list)
     """
@@ -295,76 +200,3 @@ def remove_partial_checkpoints(run_dir: str | os.PathLike) -> int:
         except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported when it is read
             return 0
     return _remove_stale_files(path.parent, keep)
-
-
-#: Held (``flock``) by the process training in a run directory.
-LOCK_FILE = ".prefrl.lock"
-
-
-@contextlib.contextmanager
-def run_dir_lock(run_dir: str | os.PathLike) -> Iterator[None]:
-    """Hold the run directory for this process: a second ``prefrl train`` on it (say,
-    rerun by a script while the first is still shutting down) is refused instead of
-    mixing two runs. The lock dies with the process, however it ends.
-
-    :raises PrefrlError: another process holds it
-    """
-    import fcntl
-
-    folder = Path(run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise PrefrlError(f"run directory '{folder}' is in use by another prefrl train (pid {holder}); "
-                              "wait for it to finish or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def check_run_dir_schema(schema: Any, where: str) -> None:
-    """Refuse a run directory (or checkpoint) of a newer layout than this prefrl reads.
-
-    :raises PrefrlError: newer or malformed version
-    """
-    if not isinstance(schema, int) or isinstance(schema, bool) or schema < 1:
-        raise PrefrlError(f"{where} has an invalid run_dir_schema {schema!r}; it was not written by prefrl")
-    if schema > RUN_DIR_SCHEMA:
-        raise PrefrlError(
-            f"{where} was written by a newer prefrl (run-dir schema {schema}, this prefrl reads up to "
-            f"{RUN_DIR_SCHEMA}); resume it with that prefrl version"
-        )
-
-
-# --------------------------------------------------------------------------- settings
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"ppo": {"gamma": 0.99}}`` -> ``{"ppo.gamma": 0.99}``."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def setting_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The settings that differ between two flat dicts, as ``key (old -> new)``, sorted.
-    A key missing on one side shows as ``unset``."""
-    missing = object()
-    changes = []
-    for key in sorted(set(old) | set(new)):
-        before, after = old.get(key, missing), new.get(key, missing)
-        if before != after:
-            show = lambda v: "unset" if v is missing else json.dumps(v)  # noqa: E731
-            changes.append(f"{key} ({show(before)} -> {show(after)})")
-    return changes

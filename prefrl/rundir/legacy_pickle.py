@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 #: prefrl's classes that checkpoints hold: (module, name) as a pickle of the single-module
 #: layout names them -> the module that defines them now. Moving one of these classes means
 #: changing its entry here (:data:`ALLOWED` and the current format's
-#: ``prefrl.training.state_format.RECORD_CLASSES`` follow from it).
+#: ``prefrl.rundir.state_format.RECORD_CLASSES`` follow from it).
 PREFRL_CLASSES = {
     ("prefrl.segments", "Segment"): "prefrl.data.segments",
     ("prefrl.segments", "SegmentBuffer"): "prefrl.data.segments",
