@@ -25,7 +25,7 @@ one, and then advance its step counter) and the viewer. At the end the run finis
 labels committed vs labels found, integrity checks, resumes. Exit status 1 if a label
 was lost, an integrity check failed or a resume failed.
 
-Each kill can land anywhere: in a checkpoint write (a torn ``.state.pt.*.tmp`` is left,
+Each kill can land anywhere: in a checkpoint write (a torn temporary ``.*.tmp`` file is left,
 counted below), in a label's commit, in a pair write, in a reward-model fit.
 ``tests/test_kill.py`` runs a short version (three kills: trainer, viewer, both).
 """

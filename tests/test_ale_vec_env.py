@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import pickle
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -17,6 +17,7 @@ from prefrl.envs.ale_vec_env import AleVectorEnv, make_ale_vec_env
 from prefrl.envs.grayscale import gray_lut, rgb_to_gray
 from prefrl.envs.state import capture_vec_env, restore_vec_env
 from prefrl.envs.vec_env import make_vec_env
+from prefrl.rundir.checkpoint_files import read_checkpoint, write_checkpoint
 from prefrl.util.errors import PrefrlError
 
 
@@ -191,7 +192,7 @@ def test_vec_env_interface() -> None:
         venv.close()
 
 
-def test_run_checkpoint_round_trip() -> None:
+def test_run_checkpoint_round_trip(tmp_path: Path) -> None:
     # prefrl's run checkpoints go through env_method("get_run_state"/"set_run_state").
     preset = load_preset("breakout", ["task.horizon=60", "task.sticky_action_prob=0.25"])
     venv = make_ale_vec_env(preset, 2, 0, record_frames=True)
@@ -199,7 +200,8 @@ def test_run_checkpoint_round_trip() -> None:
     rng = np.random.default_rng(0)
     for _ in range(40):
         venv.step(rng.integers(0, 4, 2))
-    state = pickle.loads(pickle.dumps(capture_vec_env(venv)))  # a checkpoint is pickled
+    write_checkpoint(tmp_path, 40, {"env": capture_vec_env(venv)})  # through the checkpoint's data files
+    state = read_checkpoint(tmp_path)["state"]["env"]
     actions = rng.integers(0, 4, (50, 2))
 
     def play() -> list[Any]:

@@ -22,6 +22,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import threading
 import tomllib
 import typing
 from collections.abc import Iterator
@@ -41,8 +42,8 @@ from prefrl.config.settings import SECTIONS
 from prefrl.data.segments import ClipPair
 from prefrl.feedback.choices import Choice
 from prefrl.feedback.store import LabelStore
+from prefrl.reward import serialisation
 from prefrl.reward.model import RewardModel
-from prefrl.rundir import checkpoint_files as checkpoint
 from prefrl.training.ppo import policy_kwargs
 from prefrl.util import atomic
 from prefrl.util.errors import PrefrlError
@@ -515,7 +516,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(
 
     def save(value: int) -> None:
         if kind == "torch":
-            checkpoint.atomic_torch_save({"w": torch.full((1000,), float(value))}, target)
+            serialisation.write_checkpoint({"w": torch.full((1000,), float(value))}, target, threading.RLock())
         elif kind == "json":
             atomic.atomic_write_json(target, {"step": value, "pad": "x" * 5000})
         else:

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import threading
 from collections import OrderedDict, deque
 
 import numpy as np
@@ -14,10 +15,10 @@ import pytest
 import torch
 from clip_fixtures import make_pairs
 
+from prefrl.reward import serialisation
 from prefrl.rundir.checkpoint_files import (
     CHECKPOINT_FORMAT,
     OldCheckpointWarning,
-    atomic_torch_save,
     checkpoint_path,
     read_checkpoint,
     write_checkpoint,
@@ -38,7 +39,7 @@ def test_atomic_write_replaces_and_leaves_no_temporary_files(tmp_path):
 
 def test_a_full_disk_keeps_the_previous_file(tmp_path):
     target = tmp_path / "reward_model.pt"
-    atomic_torch_save({"w": torch.ones(3)}, target)
+    serialisation.write_checkpoint({"w": torch.ones(3)}, target, threading.RLock())
     before = target.read_bytes()
     with pytest.raises(OSError, match="No space"):
         with atomic_file(target, "wb") as handle:

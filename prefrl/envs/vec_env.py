@@ -69,7 +69,7 @@ def make_vec_env(
     :param record_frames: RGB frames for people in ``info["frame"]``
     """
     if preset.ppo.vec_env == "ale":
-        # Atari only (presets.validate): the SB3 chain's envs, stepped on the emulators
+        # Atari only (prefrl.config.validation): the SB3 chain's envs, stepped on the emulators
         # directly with the frame processing batched (scripts/benchmark_speed.py --atari-envs).
         from prefrl.envs.ale_vec_env import make_ale_vec_env
 

@@ -25,7 +25,7 @@ from prefrl.util.errors import PrefrlError
 #: ``pairs -> (members, pairs)`` predicted probability that the left clip is better.
 PreferenceProbabilities = Callable[[Sequence[ClipPair]], np.ndarray]
 
-#: Names accepted by :func:`make_selector` (same as ``presets.QUERY_SELECTIONS``).
+#: Names accepted by :func:`make_selector` (same as ``prefrl.config.settings.QUERY_SELECTIONS``).
 SELECTORS = ("uniform", "disagreement", "entropy")
 
 

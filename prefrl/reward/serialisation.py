@@ -18,7 +18,7 @@ import torch
 from gymnasium import spaces
 
 from prefrl.config.settings import RewardSettings
-from prefrl.util.atomic import atomic_save_with
+from prefrl.util.atomic import atomic_file
 from prefrl.util.errors import PrefrlError
 
 #: Checkpoint format tag, bumped when the layout changes.
@@ -74,8 +74,11 @@ def write_checkpoint(state: dict[str, Any], path: str | Path, lock: threading.RL
     :param path: the file; its folder is created
     :param lock: held while the tensors are written
     """
-    with lock:  # a crash mid-write never leaves a truncated checkpoint
-        atomic_save_with(path, lambda tmp: torch.save(state, tmp))
+    # A crash or a full disk mid-write never leaves a truncated checkpoint; written through
+    # a file object, a write error stays an OSError (torch's own zip writer on a path turns
+    # it into a RuntimeError about file positions).
+    with lock, atomic_file(path, "wb") as handle:
+        torch.save(state, handle)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

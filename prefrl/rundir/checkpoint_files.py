@@ -27,13 +27,6 @@ from prefrl.rundir.state_format import StateDecoder, StateEncoder
 from prefrl.util.atomic import atomic_file, atomic_write_json
 from prefrl.util.errors import PrefrlError
 
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` into ``path`` atomically (:func:`prefrl.util.atomic.atomic_file`)."""
-    with atomic_file(path, "wb") as handle:
-        torch.save(obj, handle)
-
-
 #: Marks a file as a prefrl run checkpoint.
 CHECKPOINT_FORMAT = "prefrl-run-checkpoint"
 #: Names of a checkpoint's data files (``<token>``: which write they belong to).

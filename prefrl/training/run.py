@@ -17,7 +17,7 @@ Read top to bottom, :func:`train` is:
 The true arm skips step 3 and trains the same PPO on the true reward.
 
 Crash safety (:mod:`.checkpointing`): the run directory gets a checkpoint
-(``checkpoint/state.pt``, written atomically) at the start of learning, then at rollout
+(``checkpoint/``, data files written atomically) at the start of learning, then at rollout
 starts every ``checkpoint_steps`` env steps or ``checkpoint_seconds`` seconds (CLI:
 ``--checkpoint-every 50000`` or ``10m``, the default), and when SIGINT or SIGTERM asks
 the run to stop (it finishes the rollout under way, saves, and exits; a second signal
