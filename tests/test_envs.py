@@ -117,6 +117,30 @@ def test_hopper_restarts_in_place_after_a_fall_with_the_penalty() -> None:
     assert all(rewards[i] < -preset.task.termination_penalty + 5 for i in falls_at)
 
 
+def test_show_then_reset_shows_the_fallen_state_and_charges_the_step_after_it() -> None:
+    """With ``reset`` the fallen pole is never an observation (the next one is the start
+    state); ``show_then_reset`` returns it, and the step taken from it carries the flag and
+    the penalty before the env restarts in place."""
+    preset = load_preset("invertedpendulum", ["task.on_termination=show_then_reset"])
+    env = make_env(preset)
+    check_env(env, skip_render_check=True)
+    obs, _ = env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    observations, rewards, flags = [obs], [], []
+    for _ in range(200):
+        obs, reward, terminated, truncated, info = env.step(rng.uniform(-3, 3, size=1).astype(np.float32))
+        assert not (terminated or truncated)
+        observations.append(obs)
+        rewards.append(reward)
+        flags.append(info["after_termination"])
+    charged = np.flatnonzero(flags)
+    assert len(charged) >= 5, "a random policy drops the pole again and again"
+    for t in charged:
+        assert abs(observations[t][1]) > 0.2, "the step is taken from the fallen state"
+        assert rewards[t] == -preset.task.termination_penalty
+        assert abs(observations[t + 1][1]) < 0.05, "then the pole starts upright again"
+
+
 def test_hopper_evaluation_episode_ends_at_the_fall() -> None:
     length, terminated, _ = _run_episode(make_env(load_preset("hopper"), evaluation=True), seed=1)
     assert terminated and length < 1000

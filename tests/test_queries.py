@@ -154,3 +154,31 @@ def test_draw_queries_uniform_draws_only_n_and_caps_at_possible_pairs() -> None:
     assert 0.35 < np.mean(sides) < 0.65
     with pytest.raises(PrefrlError, match="at least two segments"):
         draw_queries(filled_buffer(1), 1, DisagreementSelector(), 10, np.random.default_rng(0), FakeEnsemble())
+
+
+def test_a_query_window_puts_a_recent_clip_in_every_candidate() -> None:
+    buffer = filled_buffer(20)  # two envs, clips of 3 steps: segment k starts at step 3 * (k // 2)
+    since = max(s.start_step for s in buffer) - 3  # the newest four segments are recent
+    recent = {s.segment_id for s in buffer if s.start_step >= since}
+    assert len(recent) == 4
+    seen = FakeEnsemble()
+    queries = draw_queries(buffer, 5, DisagreementSelector(), 10, np.random.default_rng(0),
+                           preference_probabilities=seen, recent_since=since)
+    assert len(queries) == 5 and seen.calls == [50]
+    assert all(q.left.segment_id in recent or q.right.segment_id in recent for q in queries)
+    # Partners come from the whole buffer, and every pair is distinct in either order.
+    partners = {q.left.segment_id for q in queries} | {q.right.segment_id for q in queries}
+    assert partners - recent
+    assert len({frozenset((q.left.segment_id, q.right.segment_id)) for q in queries}) == 5
+    # Capped at the pairs that touch a recent clip: 4 * 3 / 2 + 4 * 16 = 70.
+    assert len(draw_queries(buffer, 200, UniformSelector(np.random.default_rng(1)), 1, np.random.default_rng(2),
+                            recent_since=since)) == 70
+
+
+def test_without_recent_clips_the_window_falls_back_to_the_whole_buffer() -> None:
+    buffer = filled_buffer(6)
+    late = max(s.start_step for s in buffer) + 100
+    a = draw_queries(buffer, 4, UniformSelector(np.random.default_rng(3)), 1, np.random.default_rng(4),
+                     recent_since=late)
+    b = draw_queries(buffer, 4, UniformSelector(np.random.default_rng(3)), 1, np.random.default_rng(4))
+    assert [(q.left.segment_id, q.right.segment_id) for q in a] == [(q.left.segment_id, q.right.segment_id) for q in b]

@@ -27,7 +27,7 @@ REWARD_ARCHITECTURES = ("mlp", "atari_cnn")
 #: How the ensemble is refitted beside PPO (prefrl.reward.fitter.RewardFitter).
 FIT_MODES = ("background", "inline", "lagged")
 VEC_ENVS = ("dummy", "subproc", "ale")
-ON_TERMINATION = ("continue", "reset")
+ON_TERMINATION = ("continue", "reset", "show_then_reset")
 #: Settings for which an infinite value means something (a perfectly rational teacher,
 #: a teacher that never skips).
 INFINITE_ALLOWED = ("teacher.beta", "teacher.skip_threshold")
@@ -104,7 +104,9 @@ class TaskSettings:
     on_termination: str = setting(
         "continue",
         "when the underlying task ends (fallen over, game over): continue stepping the same simulation "
-        "(MuJoCo) or reset it in place (Atari, CartPole); either way the episode runs to task.horizon",
+        "(MuJoCo), reset it in place (Atari, CartPole), or show_then_reset: one more step shows the ended "
+        "state (its action ignored, the penalty charged there), then reset in place; either way the "
+        "episode runs to task.horizon",
     )
 
 
@@ -212,6 +214,11 @@ class LabelSettings:
     )
     oversample: int = setting(10, "candidate pairs drawn per query asked")
     segment_buffer_size: int = setting(1000, "most recent segments kept to draw queries from")
+    query_window: int = setting(
+        0,
+        "env steps: every query shows at least one clip the agent made in the last this many steps (its "
+        "current behaviour), the other clip from the whole segment buffer; 0 = both from the whole buffer",
+    )
     update_every_steps: int = setting(
         5000,
         "env steps between rounds of queries and reward fitting (each round happens at the next PPO "

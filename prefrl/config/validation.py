@@ -66,7 +66,7 @@ def validate(preset: Preset, source: str = "preset") -> None:
     if p.activation not in ACTIVATIONS:
         raise bad("ppo.activation", p.activation, f"use one of {', '.join(ACTIVATIONS)}")
     if t.on_termination not in ON_TERMINATION:
-        raise bad("task.on_termination", t.on_termination, "use continue or reset")
+        raise bad("task.on_termination", t.on_termination, "use continue, reset or show_then_reset")
     # The Atari wrapper chain passes ALE's own arguments (frameskip, sticky actions) to
     # gym.make, and the others record a simulation state an emulator does not have.
     is_ale = t.env_id.rpartition(":")[2].startswith("ALE/")
@@ -98,6 +98,7 @@ def validate(preset: Preset, source: str = "preset") -> None:
     non_negative = {
         "task.noop_max": t.noop_max,
         "labels.initial_labels": lab.initial_labels, "labels.pretrain_epochs": lab.pretrain_epochs,
+        "labels.query_window": lab.query_window,
         "reward.label_buffer_size": r.label_buffer_size, "reward.frames_per_clip": r.frames_per_clip,
         "reward.max_pairs_per_update": r.max_pairs_per_update,
         "eval.max_episode_steps": ev.max_episode_steps, "reward.initial_l2": r.initial_l2,

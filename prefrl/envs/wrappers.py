@@ -44,13 +44,19 @@ class ContinuePastTermination(gym.Wrapper, RecordConstructorArgs):
     terminating step only. An underlying *truncation* (e.g. ALE's 108,000-frame cap) also
     restarts in place, without the flag: it is a time limit, not the task's verdict.
 
+    ``"show_then_reset"``: the terminating step returns the ended state (the fallen pole);
+    the next step ignores its action, restarts in place and carries the flag (so the fall
+    penalty is charged on a step taken *from* the fallen state). With ``"reset"`` the fallen
+    state is never an observation: a clip shows the start state right after each fall, and
+    a reward model fitted to such clips can blame the start state for the fall.
+
     :param env: the env whose termination is removed
-    :param on_termination: ``"continue"`` or ``"reset"``
+    :param on_termination: ``"continue"``, ``"reset"`` or ``"show_then_reset"``
     """
 
     def __init__(self, env: gym.Env, on_termination: str = "continue") -> None:
-        if on_termination not in ("continue", "reset"):
-            raise PrefrlError(f"on_termination = {on_termination!r} is invalid: use continue or reset")
+        if on_termination not in ("continue", "reset", "show_then_reset"):
+            raise PrefrlError(f"on_termination = {on_termination!r} is invalid: use continue, reset or show_then_reset")
         RecordConstructorArgs.__init__(self, on_termination=on_termination)
         gym.Wrapper.__init__(self, env)
         self.on_termination = on_termination
@@ -63,7 +69,17 @@ class ContinuePastTermination(gym.Wrapper, RecordConstructorArgs):
         return obs, info
 
     def step(self, action: Any) -> StepReturn:
+        if self._terminated and self.on_termination == "show_then_reset":
+            # The step after the ended state was shown: restart in place, charge the fall here.
+            obs, info = self.env.reset()
+            self._terminated = False
+            info["after_termination"] = True
+            return obs, 0.0, False, False, info
         obs, reward, terminated, truncated, info = self.env.step(action)
+        if terminated and self.on_termination == "show_then_reset":
+            self._terminated = True
+            info["after_termination"] = False
+            return obs, reward, False, False, info
         if terminated:
             self._terminated = True
         after_termination = self._terminated

@@ -158,6 +158,34 @@ def _distinct_pairs(count: int, segments: int, rng: np.random.Generator) -> list
     return pairs
 
 
+def _anchored_pairs(count: int, anchors: Sequence[int], segments: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """``count`` distinct unordered pairs of distinct segment indices, each holding at least
+    one index of ``anchors``, the other drawn from all ``segments``, in random left/right order.
+
+    :param count: pairs wanted (capped by how many such pairs exist)
+    :param anchors: indices of the segments every pair must touch
+    :param segments: number of segments
+    """
+    n_anchors = len(anchors)
+    possible = n_anchors * (n_anchors - 1) // 2 + n_anchors * (segments - n_anchors)
+    count = min(count, possible)
+    pairs: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    while len(pairs) < count:
+        # Draw in batches; duplicates are rare unless the pool is nearly exhausted.
+        firsts = rng.choice(np.asarray(anchors), size=count - len(pairs))
+        seconds = rng.integers(0, segments - 1, size=len(firsts))
+        swaps = rng.random(len(firsts)) < 0.5
+        for a, b, swap in zip(firsts.tolist(), seconds.tolist(), swaps.tolist()):
+            b += b >= a  # any segment but the anchor itself
+            key = (min(a, b), max(a, b))
+            if key in seen or len(pairs) == count:
+                continue
+            seen.add(key)
+            pairs.append((b, a) if swap else (a, b))
+    return pairs
+
+
 def draw_queries(
     buffer: SegmentBuffer,
     n: int,
@@ -167,6 +195,7 @@ def draw_queries(
     preference_probabilities: PreferenceProbabilities | None = None,
     prefix: str = "q",
     first_id: int = 0,
+    recent_since: int | None = None,
 ) -> list[ClipPair]:
     """Draw candidate pairs from the segment buffer and select ``n`` queries.
 
@@ -186,6 +215,10 @@ def draw_queries(
         that need them
     :param prefix: pair id prefix
     :param first_id: number of the first pair id
+    :param recent_since: if given, every candidate pair holds at least one segment that
+        started at or after this env step (the current policy's behaviour: queries about
+        where the agent is now, QPA), its partner drawn from the whole buffer (so recent
+        behaviour is also ranked against older behaviour); all segments when none is recent
     :raises PrefrlError: fewer than two segments in the buffer
     """
     if n <= 0:
@@ -197,9 +230,13 @@ def draw_queries(
             "collect more experience first"
         )
     wanted = n * max(oversample, 1) if selector.oversamples else n
+    anchors = [] if recent_since is None else [i for i, s in enumerate(segments) if s.start_step >= recent_since]
+    if anchors:
+        indices = _anchored_pairs(wanted, anchors, len(segments), rng)
+    else:
+        indices = _distinct_pairs(wanted, len(segments), rng)
     candidates = [
-        ClipPair(segments[a], segments[b], pair_id=f"candidate{k}")
-        for k, (a, b) in enumerate(_distinct_pairs(wanted, len(segments), rng))
+        ClipPair(segments[a], segments[b], pair_id=f"candidate{k}") for k, (a, b) in enumerate(indices)
     ]
     chosen = selector.select(candidates, n, preference_probabilities)
     return [

@@ -192,6 +192,7 @@ class PreferenceCallback(BaseCallback):
             self.buffer, due, self.selector if trained else self.uniform, self.preset.labels.oversample, self.rng,
             preference_probabilities=self.reward_model.preference_probabilities if trained else None, prefix="q",
             first_id=self.next_query_id,
+            recent_since=step - self.preset.labels.query_window if self.preset.labels.query_window > 0 else None,
         )
         self.store.add_pairs(queries)
         self.teacher.ask(queries, step)
