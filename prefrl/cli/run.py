@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from prefrl.cli.args import non_negative_int, positive_int, print_table
+from prefrl.feedback.schema import STORE_FILE
 from prefrl.util.errors import PrefrlError
 
 #: The demo: a short run of both arms on a task PPO solves in minutes on a laptop CPU.
@@ -128,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                          or default_clips_dir(args.run_dir))
     if args.clips_dir is not None:
         paths = RunPaths(run_dir=paths.run_dir, clips_dir=args.clips_dir)
-    if args.labels_from is not None and not (args.labels_from / "labels.sqlite").is_file():
+    if args.labels_from is not None and not (args.labels_from / STORE_FILE).is_file():
         raise PrefrlError(f"--labels-from {args.labels_from}: no labels.sqlite there; give a folder made by `prefrl clips`")
     steps, seconds = args.checkpoint_every
     try:

@@ -12,6 +12,9 @@ from pathlib import Path
 
 from prefrl.util.errors import PrefrlError
 
+#: The label store's database file in a clips folder.
+STORE_FILE = "labels.sqlite"
+
 #: Version of the label store's layout. Older stores are migrated on opening (after a
 #: backup copy ``labels.sqlite.v<old>.bak``); a store of a newer version is refused.
 #: 1: meta, clips, pairs, labels. 2: ``undone_labels`` keeps every undone answer.

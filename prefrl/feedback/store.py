@@ -68,7 +68,7 @@ class LabelStore:
     ) -> None:
         self.clips_dir = Path(clips_dir)
         self.task = task
-        self.db_path = self.clips_dir / "labels.sqlite"
+        self.db_path = self.clips_dir / schema.STORE_FILE
         self.clip_dir = self.clips_dir / "clips"
         self._conn: sqlite3.Connection | None = None
         if readonly:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from prefrl.feedback.schema import STORE_FILE
 from prefrl.util.atomic import atomic_write_json
 from prefrl.util.errors import PrefrlError
 
@@ -97,20 +98,25 @@ def write_clips_info(clips_dir: Path, info: Mapping[str, Any]) -> None:
     atomic_write_json(clips_dir / CLIPS_INFO_FILE, info)  # a reader never sees half a file
 
 
+def _read_one(db_path: Path, query: str) -> tuple[Any, ...] | None:
+    """The first row of ``query`` on a label store opened read-only (no lock, no migration)."""
+    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30.0)
+    try:
+        return conn.execute(query).fetchone()
+    finally:
+        conn.close()
+
+
 def read_store_task(clips_dir: Path) -> str:
     """The task a label store belongs to, read without opening it as a :class:`LabelStore`.
 
     :raises PrefrlError: no store in the folder, or not a label store
     """
-    db_path = Path(clips_dir) / "labels.sqlite"
+    db_path = Path(clips_dir) / STORE_FILE
     if not db_path.is_file():
         raise PrefrlError(f"no label store in {clips_dir} (labels.sqlite is missing); give a run directory or a clips folder")
     try:
-        conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=30.0)
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'task'").fetchone()
-        finally:
-            conn.close()
+        row = _read_one(db_path, "SELECT value FROM meta WHERE key = 'task'")
     except sqlite3.DatabaseError as exc:
         raise PrefrlError(f"{db_path} is not a usable label store ({exc})") from None
     if row is None:
@@ -124,7 +130,7 @@ def _resolve_clips_dir(run_dir: Path, configured: str) -> Path:
         configured_path, run_dir / configured_path, run_dir.parent.parent / configured_path,
     ]
     for candidate in candidates:
-        if (candidate / "labels.sqlite").is_file():
+        if (candidate / STORE_FILE).is_file():
             return candidate
     raise PrefrlError(
         f"run {run_dir} keeps its labels in '{configured}', which holds no labels.sqlite yet; "
@@ -144,11 +150,7 @@ def _info_from_preset_name(task: str) -> RenderInfo | None:
 def _sniff_info(clips_dir: Path, task: str) -> RenderInfo:
     """Last resort: look at one stored clip (recorded frames look like Atari)."""
     try:
-        conn = sqlite3.connect(f"file:{clips_dir / 'labels.sqlite'}?mode=ro", uri=True, timeout=30.0)
-        try:
-            row = conn.execute("SELECT path FROM clips ORDER BY created LIMIT 1").fetchone()
-        finally:
-            conn.close()
+        row = _read_one(clips_dir / STORE_FILE, "SELECT path FROM clips ORDER BY created LIMIT 1")
         if row is not None:
             with open(clips_dir / row[0], "rb") as handle, np.load(handle, allow_pickle=False) as data:
                 if "frames" in data.files:
@@ -160,7 +162,7 @@ def _sniff_info(clips_dir: Path, task: str) -> RenderInfo:
 
 def is_clips_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a label store (a folder of a run's config and its clips may be one)."""
-    return (Path(path) / "labels.sqlite").is_file()
+    return (Path(path) / STORE_FILE).is_file()
 
 
 def run_clips_location(run_dir: Path, config: Mapping[str, Any]) -> ClipsLocation:

@@ -27,6 +27,7 @@ RESUME_IGNORED_SETTINGS = ("task.description",)
 #: earlier prefrl did: a run started before a setting existed resumes as if it were set so.
 SETTINGS_ADDED_LATER: dict[str, Any] = {
     "reward.max_pairs_per_update": 0, "ppo.log_std_init": 0.0, "ppo.ortho_init": True, "ppo.activation": "tanh",
+    "labels.query_window": 0,
 }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from prefrl.feedback.schema import STORE_FILE
 from prefrl.util.errors import PrefrlError
 
 
@@ -43,7 +44,7 @@ def collect_clip_pairs(
     from prefrl.human.clips import write_clips_info
 
     task = preset.task
-    if (out / "labels.sqlite").is_file():
+    if (out / STORE_FILE).is_file():
         raise PrefrlError(f"{out} already holds a label store; give a new --out folder")
     if policy_path is not None and not policy_path.is_file():
         raise PrefrlError(f"policy file '{policy_path}' not found; give the policy.zip of a finished run")
