@@ -145,3 +145,37 @@ def test_ppo_policy_settings_reach_the_policy():
     zoo = policy("ppo.log_std_init=-2", "ppo.activation=relu", "ppo.ortho_init=false")
     assert torch.allclose(zoo.log_std, torch.full_like(zoo.log_std, -2.0))
     assert isinstance(zoo.mlp_extractor.policy_net[1], torch.nn.ReLU) and not zoo.ortho_init
+
+
+def test_the_rollout_buffer_never_holds_the_true_reward(tmp_path, monkeypatch):
+    """Inside a real learned-arm train(): at every PPO update the rollout buffer's rewards
+    are the learned ones, not the env's (which stay in ``info["true_reward"]``)."""
+    from stable_baselines3 import PPO
+
+    from prefrl.reward.vec_env import LearnedRewardVecEnv
+
+    true_rewards: list[np.ndarray] = []
+    real_step_wait = LearnedRewardVecEnv.step_wait
+
+    def step_wait(self):
+        obs, rewards, dones, infos = real_step_wait(self)
+        true_rewards.append(np.array([info["true_reward"] for info in infos]))
+        return obs, rewards, dones, infos
+
+    updates: list[tuple[np.ndarray, np.ndarray]] = []
+    real_update = PPO.train
+
+    def update(self):
+        n = self.rollout_buffer.buffer_size
+        updates.append((self.rollout_buffer.rewards.copy(), np.stack(true_rewards[-n:])))
+        return real_update(self)
+
+    monkeypatch.setattr(LearnedRewardVecEnv, "step_wait", step_wait)
+    monkeypatch.setattr(PPO, "train", update)
+    _run(tmp_path, "learned", "learned")
+    assert len(updates) >= 3
+    for buffered, true in updates:
+        assert buffered.shape == true.shape
+        assert (true < 0).all(), "Pendulum's true reward is negative at every step"
+        assert not np.isclose(buffered, true).any(), "a true reward reached PPO's rollout buffer"
+        assert buffered.std() > 0, "the learned rewards were written in (not the placeholder zeros)"
